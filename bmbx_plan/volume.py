@@ -142,6 +142,38 @@ class Volume:
         """Same voxels and geometry, new :class:`ScanInfo`."""
         return Volume(self.array, self.affine_lps, info)
 
+    def reoriented(self, direction: ArrayLike) -> Volume:
+        """The same voxels stored with the axes pointing along ``direction``.
+
+        Only flips and axis permutations: exact, no interpolation. ``direction`` is a 3x3
+        matrix whose column ``n`` is the wanted LPS unit vector of new array axis ``n``;
+        every column must be (anti)parallel to one of this volume's axes.
+
+        >>> vol = Volume.from_components(np.arange(6).reshape(1, 2, 3), spacing_mm=(1, 1, 1))
+        >>> flipped = vol.reoriented(vol.direction * [1.0, -1.0, 1.0])  # flip rows (j)
+        >>> bool(np.allclose(flipped.index_to_lps([[0, 0, 0]]), vol.index_to_lps([[0, 1, 0]])))
+        True
+        >>> int(flipped.array[0, 0, 2]) == int(vol.array[0, 1, 2])
+        True
+        """
+        target = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+        overlap = self.direction.T @ target  # (old axis, new axis)
+        source = np.argmax(np.abs(overlap), axis=0)
+        if sorted(source.tolist()) != [0, 1, 2] or not np.allclose(
+            np.abs(overlap[source, [0, 1, 2]]), 1.0, atol=_ORTHONORMAL_TOLERANCE
+        ):
+            raise ValueError("reoriented needs a direction that permutes/flips the volume's axes")
+        array = np.transpose(self.array, source)
+        start = np.zeros(3)
+        for new_axis, old_axis in enumerate(source):
+            if overlap[old_axis, new_axis] < 0:
+                array = np.flip(array, axis=new_axis)
+                start[old_axis] = self.shape[old_axis] - 1
+        affine = np.eye(4)
+        affine[:3, :3] = target * self.spacing_mm[source]
+        affine[:3, 3] = self.index_to_lps(start)[0]
+        return Volume(np.ascontiguousarray(array), affine, self.info)
+
     @property
     def shape(self) -> tuple[int, int, int]:
         """Array shape ``(K, J, I)``."""

@@ -1,0 +1,192 @@
+"""The ``bmbx-plan`` command line (also ``python -m bmbx_plan``).
+
+Exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 1 an
+unexpected failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bmbx_plan import __version__
+from bmbx_plan.io import InputError, load_ct
+from bmbx_plan.io.outdir import OutputExistsError
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _Reporter:
+    """Progress on stderr (a rich spinner on a terminal, plain lines otherwise)."""
+
+    def __init__(self, *, quiet: bool) -> None:
+        self.quiet = quiet
+
+    @contextmanager
+    def task(self, title: str) -> Iterator[Callable[[str], None]]:
+        """Context for one long step; yields a callback taking the current sub-step."""
+        if self.quiet:
+            yield lambda _msg: None
+            return
+        start = time.perf_counter()
+        if sys.stderr.isatty():
+            from rich.console import Console
+
+            console = Console(stderr=True)
+            with console.status(title) as status:
+                yield lambda msg: status.update(f"{title}: {msg}")
+        else:
+            print(f"{title} ...", file=sys.stderr)
+            yield lambda msg: print(f"  {msg}", file=sys.stderr)
+        print(f"{title}: done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=sys.stderr)
+
+
+def _cmd_phantom(args: argparse.Namespace, out: _Reporter) -> int:
+    from bmbx_phantoms import PRESETS, make_phantom, write_phantom
+    from bmbx_phantoms.parameters import resolve_parameters
+
+    if args.list_presets:
+        for name, values in PRESETS.items():
+            print(f"{name:18s} {json.dumps(values) if values else '(defaults)'}")
+        return EXIT_OK
+    if args.out is None:
+        raise _UsageError("phantom: --out DIR is required")
+    if args.anatomy is not None and not Path(args.anatomy).is_dir():
+        raise InputError(
+            args.anatomy,
+            "--anatomy must be a folder with left_hip.vtk, right_hip.vtk and sacrum.vtk",
+        )
+    overrides: dict[str, Any] = {}
+    if args.pixel_spacing_mm is not None:
+        overrides["pixel_spacing_mm"] = args.pixel_spacing_mm
+    if args.slice_spacing_mm is not None:
+        overrides["slice_spacing_mm"] = args.slice_spacing_mm
+    try:  # check the preset and parameters before any work
+        resolve_parameters(args.preset, seed=args.seed, **overrides)
+    except ValueError as exc:
+        raise _UsageError(f"phantom: {exc}") from None
+    with out.task(f"Building phantom (seed {args.seed}, {args.position}, {args.preset})") as step:
+        phantom = make_phantom(
+            seed=args.seed,
+            position=args.position,
+            preset=args.preset,
+            anatomy=args.anatomy,
+            progress=step,
+            **overrides,
+        )
+        step("writing")
+        written = write_phantom(
+            phantom,
+            args.out,
+            dicom=not args.no_dicom,
+            nifti=args.nifti,
+            compress=args.compress,
+            overwrite=args.overwrite,
+        )
+    ct = phantom.ct
+    spacing = " x ".join(f"{s:.2f}" for s in ct.spacing_mm[::-1])
+    print(
+        f"phantom seed {args.seed} preset {args.preset} position {args.position}: "
+        f"{ct.shape[2]}x{ct.shape[1]}x{ct.shape[0]} voxels, {spacing} mm"
+    )
+    for side in ("left", "right"):
+        print(f"  skin to PSIS ({side}): {phantom.truth['skin_to_psis_mm'][side]:.1f} mm")
+    for key, path in written.items():
+        print(f"  {key:12s} {path}")
+    return EXIT_OK
+
+
+def _cmd_info(args: argparse.Namespace, out: _Reporter) -> int:
+    with out.task(f"Loading {args.input}"):
+        ct = load_ct(args.input, series_uid=args.series)
+    info = ct.info
+    bounds = ct.bounds_lps_mm()
+    report = {
+        "source": info.source,
+        "series_instance_uid": info.series_instance_uid,
+        "modality": info.modality,
+        "patient_position": info.patient_position,
+        "manufacturer": info.manufacturer,
+        "size_voxels": list(ct.shape[::-1]),
+        "spacing_mm": [round(float(s), 4) for s in ct.spacing_mm[::-1]],
+        "z_range_mm": [round(float(bounds[0, 2]), 1), round(float(bounds[1, 2]), 1)],
+        "notes": list(info.notes),
+    }
+    print(json.dumps(report, indent=2))
+    return EXIT_OK
+
+
+class _UsageError(Exception):
+    """Wrong command-line usage (exit 2 like argparse)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bmbx-plan",
+        description="Plan CT-guided bone marrow biopsies of the posterior iliac wing "
+        "(research and pre-planning software, not a medical device).",
+    )
+    parser.add_argument("--version", action="version", version=f"bmbx-plan {__version__}")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of failures")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ph = sub.add_parser("phantom", help="write a synthetic pelvic CT phantom with ground truth")
+    ph.add_argument("--out", type=Path, help="output folder (must be empty or new)")
+    ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--position", default="HFP", choices=["HFP", "HFS", "FFP", "FFS"])
+    ph.add_argument("--preset", default="average", help="body/bone preset (--list-presets)")
+    ph.add_argument(
+        "--anatomy", type=Path, help="folder with left_hip.vtk, right_hip.vtk, sacrum.vtk (LPS mm)"
+    )
+    ph.add_argument("--pixel-spacing-mm", type=float, help="in-plane voxel size (default 2.0)")
+    ph.add_argument("--slice-spacing-mm", type=float, help="slice spacing (default 2.5)")
+    ph.add_argument("--nifti", action="store_true", help="also write ct.nii.gz")
+    ph.add_argument("--no-dicom", action="store_true", help="skip the DICOM series")
+    ph.add_argument("--compress", choices=["rle", "jpeg2000"], help="lossless DICOM compression")
+    ph.add_argument("--overwrite", action="store_true", help="replace files in a non-empty --out")
+    ph.add_argument("--list-presets", action="store_true", help="list presets and exit")
+    ph.set_defaults(run=_cmd_phantom)
+
+    info = sub.add_parser("info", help="load a CT and print its geometry and series choice")
+    info.add_argument("input", type=Path, help="DICOM folder or file, NIfTI, NRRD or MHA")
+    info.add_argument("--series", help="SeriesInstanceUID to load from a folder with several")
+    info.set_defaults(run=_cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    out = _Reporter(quiet=args.quiet)
+    try:
+        code: int = args.run(args, out)
+        return code
+    except (InputError, OutputExistsError, _UsageError) as exc:
+        print(f"bmbx-plan: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("bmbx-plan: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(
+            f"bmbx-plan: unexpected failure: {type(exc).__name__}: {exc} "
+            "(run with --debug for details)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
