@@ -26,7 +26,8 @@ def resample_to(
     order : int
         Spline order: 0 nearest (use for labels), 1 linear.
     fill_value : float
-        Value outside ``volume``.
+        Value outside ``volume``: for ``order=0`` outside its voxels (a voxel extends half
+        a spacing around its centre), for higher orders beyond its outer voxel centres.
 
     Returns
     -------
@@ -58,7 +59,7 @@ def resample_to(
         offset=offset,
         output_shape=reference.shape,
         order=order,
-        mode="constant",
+        mode="grid-constant" if order == 0 else "constant",
         cval=fill_value,
         prefilter=order > 1,
     )
