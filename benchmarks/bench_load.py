@@ -1,7 +1,7 @@
 """Time ``bmbx_plan.load_ct`` against plain SimpleITK and naive pydicom on a large series.
 
-Builds (or reuses, in ``--workdir``) a synthetic CT series of at least 512x512x300 with
-the phantom DICOM writer, then times each method in its own subprocess (best of
+Builds (or reuses, in ``--workdir``) a prone phantom CT series of at least 512x512x300,
+then times each method in its own subprocess (best of
 ``--repeats`` runs, page cache warm after the first) and reports the peak resident memory
 of that subprocess (``ru_maxrss``, which includes the interpreter and imports).
 
@@ -27,31 +27,24 @@ from typing import Any
 
 import numpy as np
 
-SHAPE = (300, 512, 512)
+MIN_SHAPE = (300, 512, 512)
+# A default phantom at 0.7 mm pixels and 0.8 mm slices covers at least 512x512x300.
+PHANTOM_GRID = {"pixel_spacing_mm": 0.7, "slice_spacing_mm": 0.8}
 
 
 def build_series(folder: Path, *, compress: str | None) -> Path:
-    """Write the synthetic series once; reuse it when it is already complete."""
-    series = folder / f"series_{compress or 'raw'}_{'x'.join(map(str, SHAPE))}"
+    """Write a prone phantom series once; reuse it when it is already complete."""
+    series = folder / f"phantom_{compress or 'raw'}_0.7x0.8"
     done = series / "COMPLETE"
     if done.exists():
         return series
-    from scipy import ndimage
-
+    from bmbx_phantoms import make_phantom
     from bmbx_phantoms.dicom_writer import write_ct_series
-    from bmbx_plan.volume import Volume
 
-    rng = np.random.default_rng(0)
-    coarse = rng.normal(0.0, 1.0, size=(SHAPE[0] // 10, SHAPE[1] // 16, SHAPE[2] // 16))
-    field = ndimage.zoom(coarse, np.array(SHAPE) / coarse.shape, order=1)[: SHAPE[0]]
-    _, j, i = np.ogrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
-    body = ((j - 256) / 200.0) ** 2 + ((i - 256) / 240.0) ** 2 < 1.0
-    hu = np.where(body, 40.0 + 60.0 * field, -1000.0)
-    hu[body & (field > 1.2)] = 700.0  # "bone" blobs
-    volume = Volume.from_components(
-        hu.astype(np.float32), spacing_mm=(1.0, 0.78, 0.78), origin_lps_mm=(-200, -200, -600)
-    )
-    write_ct_series(volume, series, patient_position="HFP", compress=compress)
+    phantom = make_phantom(seed=0, position="HFP", **PHANTOM_GRID)
+    if any(n < m for n, m in zip(phantom.ct.shape, MIN_SHAPE, strict=True)):
+        raise RuntimeError(f"phantom grid {phantom.ct.shape} is smaller than {MIN_SHAPE}")
+    write_ct_series(phantom.ct, series, patient_position="HFP", compress=compress)
     done.write_text("ok")
     return series
 
