@@ -217,3 +217,15 @@ def test_truth_names_and_required_labels(series: dict[str, Path]) -> None:
     truth = json.loads((series["HFP"] / "truth.json").read_text())
     assert {"seed", "position", "preset", "parameters", "landmarks"} <= set(truth)
     assert set(LANDMARK_NAMES) <= set(truth["landmarks"])
+
+
+def test_clinical_resolution_phantom_is_producible(tmp_path: Path) -> None:
+    """0.8 mm pixels and 1.5 mm slices, written as DICOM and read back."""
+    ph = make_phantom(seed=12, position="FFP", pixel_spacing_mm=0.8, slice_spacing_mm=1.5)
+    assert np.allclose(ph.ct.spacing_mm, [1.5, 0.8, 0.8])
+    assert min(ph.ct.shape[1:]) >= 300  # a full pelvic field of view at 0.8 mm
+    write_phantom(ph, tmp_path / "p")
+    loaded = load_ct(tmp_path / "p" / "dicom")
+    assert loaded.info.patient_position == "FFP"
+    assert np.allclose(loaded.spacing_mm, [1.5, 0.8, 0.8])
+    assert np.array_equal(resample_to(loaded, ph.ct, order=0).array, ph.ct.array)
