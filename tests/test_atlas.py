@@ -13,7 +13,8 @@ from scipy import ndimage
 
 from bmbx_phantoms import atlas
 from bmbx_phantoms.atlas import PelvisShape
-from bmbx_phantoms.mesh import (
+from bmbx_plan.io.errors import InputError
+from bmbx_plan.mesh import (
     Mesh,
     close_holes,
     distance_to_surface_mm,
@@ -21,7 +22,6 @@ from bmbx_phantoms.mesh import (
     voxelize,
     write_mesh,
 )
-from bmbx_plan.io.errors import InputError
 from bmbx_plan.volume import Volume
 
 ATLAS_ROOT = (

@@ -25,6 +25,8 @@ BONE_NAMES = (
     "lumbar_spine",
     "si_joint_left",
     "si_joint_right",
+    "femur_left",
+    "femur_right",
 )
 
 

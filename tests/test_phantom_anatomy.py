@@ -11,7 +11,7 @@ from scipy import ndimage
 from bmbx_phantoms import LANDMARK_NAMES, TRUTH_LABELS, make_phantom
 from bmbx_phantoms.atlas import load_pelvis
 from bmbx_phantoms.labels import ilium_labels
-from bmbx_phantoms.mesh import close_holes, distance_to_surface_mm
+from bmbx_plan.mesh import close_holes, distance_to_surface_mm
 
 VOXEL_MM = 1.5  # isotropic, so "one voxel" is one number
 

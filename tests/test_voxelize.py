@@ -9,7 +9,8 @@ import pytest
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from bmbx_phantoms.mesh import (
+from bmbx_plan.io.errors import InputError
+from bmbx_plan.mesh import (
     Mesh,
     distance_to_surface_mm,
     mesh_topology,
@@ -17,7 +18,6 @@ from bmbx_phantoms.mesh import (
     voxelize,
     write_mesh,
 )
-from bmbx_plan.io.errors import InputError
 from bmbx_plan.volume import Volume
 
 # A grid whose array axes are permuted and flipped relative to LPS:

@@ -3,7 +3,7 @@
 An atlas case is a folder holding ``left_hip.vtk``, ``right_hip.vtk`` and ``sacrum.vtk``
 (LPS mm; +x = patient left, +y = posterior, +z = head). Every atlas mesh has 5000
 vertices in correspondence across cases, so landmarks are stored once as vertex indices
-(``data/landmarks.json``) and hold on every case and on any blend of cases.
+(``bmbx_plan/anatomy/data/atlas_landmarks.json``) and hold on every case and on any blend of cases.
 
 How the landmark indices were picked
 ------------------------------------
@@ -57,8 +57,8 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from bmbx_phantoms.mesh import Mesh, distance_to_surface_mm, read_mesh
 from bmbx_plan.io.errors import InputError
+from bmbx_plan.mesh import Mesh, distance_to_surface_mm, read_mesh
 
 __all__ = [
     "BONES",
@@ -400,8 +400,9 @@ def derive_landmark_indices(shapes: Sequence[PelvisShape]) -> dict[str, Any]:
     dict
         ``{"points": {"psis_left": {"mesh": "left_hip", "vertex": k}, ...},
         "vertex_sets": {"si_joint_hip_left": [...], ...}}``: the structure of
-        ``data/landmarks.json``. Point landmarks come from the geometric rules on the
-        aligned mean shape, SI sets from a majority vote over the individual shapes.
+        ``bmbx_plan/anatomy/data/atlas_landmarks.json``. Point landmarks come from the
+        geometric rules on the aligned mean shape, SI sets from a majority vote over the
+        individual shapes.
     """
     mean = mean_shape(shapes)
     points: dict[str, dict[str, Any]] = {}
@@ -537,7 +538,7 @@ def _most_prominent(profile: NDArray[np.float64], start: int, stop: int) -> int:
 
 @lru_cache(maxsize=1)
 def _landmark_data() -> dict[str, Any]:
-    text = resources.files("bmbx_phantoms").joinpath("data/landmarks.json").read_text()
+    text = resources.files("bmbx_plan.anatomy").joinpath("data/atlas_landmarks.json").read_text()
     data: dict[str, Any] = json.loads(text)
     return data
 

@@ -1,5 +1,5 @@
 """Voxelised bones of the phantom: hip bones with cortex and marrow, sacrum, SI joint
-clefts, and the L4-L5 lumbar segment."""
+clefts, the L4-L5 lumbar segment and the proximal femurs."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from bmbx_phantoms.atlas import PelvisShape
+from bmbx_phantoms.femur import ProximalFemur, femur_masks
 from bmbx_phantoms.grid import SceneGrid, bbox_slices
-from bmbx_phantoms.mesh import Mesh, voxelize
+from bmbx_plan.mesh import Mesh, voxelize
 
 __all__ = ["BoneMasks", "build_bones", "cortical_shell", "lumbar_spine"]
 
@@ -31,10 +32,12 @@ class BoneMasks:
     spine_cortex: Mask
     disc: Mask
     canal: Mask
+    femur: tuple[Mask, Mask]  # (left, right), cortex included
+    femur_cortex: tuple[Mask, Mask]
 
     @property
     def any_bone(self) -> Mask:
-        """Every bone voxel (hips, sacrum, vertebrae)."""
+        """Every bone voxel (hips, sacrum, vertebrae, femurs)."""
         return (
             self.hip_cortex[0]
             | self.hip_marrow[0]
@@ -42,19 +45,32 @@ class BoneMasks:
             | self.hip_marrow[1]
             | self.sacrum
             | self.spine_bone
+            | self.femur[0]
+            | self.femur[1]
         )
 
 
-def cortical_shell(mask: Mask, spacing_mm: NDArray[np.float64], thickness_mm: float) -> Mask:
+def cortical_shell(
+    mask: Mask,
+    spacing_mm: NDArray[np.float64],
+    thickness_mm: float,
+    *,
+    open_at_grid_edge: bool = False,
+) -> Mask:
     """Voxels of ``mask`` within ``thickness_mm`` of its outside (the cortical shell).
 
     Every voxel with a face neighbour outside the mask belongs to the shell whatever the
     thickness, so the shell is closed even when slices are thicker than the cortex.
+    With ``open_at_grid_edge`` a bone cut by the grid's edge (the femoral shaft) shows
+    marrow on the cut, as a real scan would, instead of a cortical lid.
     """
     box = bbox_slices(mask, 2)
     sub = mask[box]
     depth = ndimage.distance_transform_edt(sub, sampling=spacing_mm)
-    boundary = sub & ~ndimage.binary_erosion(sub, border_value=0)
+    # The distance transform already treats the array's edge as inside; the erosion
+    # needs to be told.
+    edge_value = 1 if open_at_grid_edge else 0
+    boundary = sub & ~ndimage.binary_erosion(sub, border_value=edge_value)
     shell = np.zeros_like(mask)
     shell[box] = sub & ((depth <= thickness_mm) | boundary)
     return shell
@@ -153,10 +169,26 @@ def build_bones(
     shape: PelvisShape,
     grid: SceneGrid,
     *,
+    femurs: tuple[ProximalFemur, ProximalFemur],
     cortex_thickness_mm: float,
     si_joint_width_mm: float,
+    hip_joint_gap_mm: float = 2.0,
 ) -> BoneMasks:
-    """Voxelise the pelvis and split it into the exclusive bony masks."""
+    """Voxelise the pelvis and the femurs and split them into the exclusive bony masks.
+
+    Parameters
+    ----------
+    shape : PelvisShape
+        Posed bone meshes, LPS mm.
+    grid : SceneGrid
+    femurs : (ProximalFemur, ProximalFemur), keyword-only
+        Left and right femur (see :func:`bmbx_phantoms.femur.proximal_femur`).
+    cortex_thickness_mm, si_joint_width_mm : float, keyword-only
+        Cortical shell thickness of every bone and SI joint cleft width, mm.
+    hip_joint_gap_mm : float, keyword-only
+        Smallest cleft between femoral head and acetabulum, mm: the pelvis wins where
+        the femur would come closer.
+    """
     template = grid.volume()
     spacing = grid.spacing_kji_mm
     sacrum = voxelize(shape.sacrum, template)
@@ -174,6 +206,20 @@ def build_bones(
     disc &= ~(pelvis | spine)
     canal &= ~(hips[0] | hips[1] | spine | disc)
     sacrum &= ~canal
+    taken = pelvis | spine | disc | canal
+    femur, femur_cortex = [], []
+    for n, femur_shape in enumerate(femurs):
+        bone, shell = femur_masks(
+            grid,
+            femur_shape,
+            hip=hips[n],
+            others=taken,
+            cortex_thickness_mm=cortex_thickness_mm,
+            gap_mm=hip_joint_gap_mm,
+        )
+        taken = taken | bone
+        femur.append(bone)
+        femur_cortex.append(shell)
     cortex = [cortical_shell(h, spacing, cortex_thickness_mm) for h in hips]
     marrow = [h & ~c for h, c in zip(hips, cortex, strict=True)]
     return BoneMasks(
@@ -186,4 +232,6 @@ def build_bones(
         spine_cortex=cortical_shell(spine, spacing, cortex_thickness_mm),
         disc=disc,
         canal=canal,
+        femur=(femur[0], femur[1]),
+        femur_cortex=(femur_cortex[0], femur_cortex[1]),
     )

@@ -26,6 +26,8 @@ TRUTH_LABELS: dict[str, int] = {
     "bowel_gas": 17,
     "intervertebral_disc": 18,
     "spinal_canal": 19,
+    "femur_left": 20,  # proximal femur, cortex and marrow
+    "femur_right": 21,
 }
 
 #: Labels a needle may cross on its way from the skin to the bone.

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 from bmbx_phantoms.dicom_writer import scanner_orientation, write_ct_series
-from bmbx_phantoms.mesh import write_mesh
 from bmbx_phantoms.phantom import Phantom
 from bmbx_plan.io.export import write_label_map, write_volume
 from bmbx_plan.io.outdir import staged_output
+from bmbx_plan.mesh import write_mesh
 
 __all__ = ["write_phantom"]
 

@@ -13,13 +13,14 @@ from scipy import ndimage
 
 from bmbx_phantoms.atlas import PelvisShape, landmarks, load_pelvis, transformed
 from bmbx_phantoms.bones import BoneMasks, build_bones, s1_top
+from bmbx_phantoms.femur import ProximalFemur, acetabulum, proximal_femur
 from bmbx_phantoms.grid import SceneGrid
 from bmbx_phantoms.labels import TRUTH_LABELS, ilium_labels
 from bmbx_phantoms.parameters import PATIENT_POSITIONS, PhantomParameters, resolve_parameters
 from bmbx_phantoms.pose import pose_shape
-from bmbx_phantoms.shape_model import ShapeModel, default_shape_model
 from bmbx_phantoms.soft_tissue import BodyOutline, body_outline, depth_below_skin, table_mask
 from bmbx_phantoms.viscera import Viscera, build_viscera
+from bmbx_plan.anatomy.shape_model import ShapeModel, default_shape_model
 from bmbx_plan.volume import ScanInfo, Volume
 
 __all__ = ["LANDMARK_NAMES", "Phantom", "make_phantom"]
@@ -86,7 +87,7 @@ def _choose_shape(
     coeffs = np.clip(
         rng.standard_normal(model.n_modes), -params.shape_mode_limit_sd, params.shape_mode_limit_sd
     )
-    shape = model.shape(coeffs)
+    shape = PelvisShape(*model.shape(coeffs))
     offset = np.array(
         [rng.uniform(-15.0, 15.0), rng.uniform(-20.0, 20.0), rng.uniform(-650, -150)]
     )
@@ -126,6 +127,44 @@ def _front_of_spine(grid: SceneGrid, bones: BoneMasks) -> NDArray[np.float64]:
         front[k] = grid.y_mm[np.nonzero(column[k].any(axis=1))[0].min()]
     ks = np.arange(grid.shape[0])
     return np.interp(ks, ks[has], front[has])
+
+
+def _femurs(
+    shape: PelvisShape, marks: dict[str, NDArray[np.float64]]
+) -> tuple[tuple[ProximalFemur, ProximalFemur], dict[str, Any]]:
+    """Left and right femurs in the acetabula of ``shape``, and their truth entry."""
+    femurs = []
+    truth: dict[str, Any] = {}
+    for side in ("left", "right"):
+        centre, radius = acetabulum(
+            getattr(shape, f"{side}_hip"), aiis_lps_mm=marks[f"aiis_{side}"], side=side
+        )
+        femur = proximal_femur(centre, radius, side=side)
+        femurs.append(femur)
+        truth[side] = {
+            "centre_lps_mm": [round(float(v), 3) for v in centre],
+            "radius_mm": round(femur.head_radius_mm, 3),
+            "acetabulum_radius_mm": round(radius, 3),
+        }
+    return (femurs[0], femurs[1]), truth
+
+
+def _femur_outline_points(
+    femurs: tuple[ProximalFemur, ...], z_min_mm: float
+) -> NDArray[np.float64]:
+    """Corners of the femurs' bounding boxes, the shaft cut at ``z_min_mm``: points the
+    body outline must enclose (the greater trochanters are the widest bones)."""
+    corners = []
+    for femur in femurs:
+        lo, hi = femur.bounds_lps_mm()
+        lo[2] = max(lo[2], z_min_mm)
+        corners += [
+            np.array([x, y, z])
+            for x in (lo[0], hi[0])
+            for y in (lo[1], hi[1])
+            for z in (lo[2], hi[2])
+        ]
+    return np.stack(corners)
 
 
 def _smooth_field(
@@ -205,6 +244,9 @@ def _assemble(
     hu[spine_marrow] = marrow[spine_marrow]
     _paint(labels, hu, bones.sacrum, "sacrum", cortex)
     hu[sacrum_marrow] = marrow[sacrum_marrow]
+    for n, side in enumerate(("left", "right")):
+        _paint(labels, hu, bones.femur[n], f"femur_{side}", marrow)
+        hu[bones.femur_cortex[n]] = cortex[bones.femur_cortex[n]]
     for n, side in enumerate(("left", "right")):
         _paint(labels, hu, bones.hip_cortex[n], f"ilium_{side}_cortex", cortex)
         _paint(labels, hu, bones.hip_marrow[n], f"ilium_{side}_marrow", marrow)
@@ -289,23 +331,25 @@ def make_phantom(
     marks = landmarks(shape)
     points = shape.all_vertices_lps_mm()
     midline_x = float(shape.sacrum.vertices_lps_mm[:, 0].mean())
+    femurs, femoral_heads = _femurs(shape, marks)
+    hip_z = np.concatenate(
+        [shape.left_hip.vertices_lps_mm[:, 2], shape.right_hip.vertices_lps_mm[:, 2]]
+    )
+    scan_bottom_z = float(hip_z.min()) - _SCAN_BELOW_HIP_MM
 
     outline = body_outline(
-        points,
+        np.concatenate([points, _femur_outline_points(femurs, scan_bottom_z)]),
         (marks["psis_left"], marks["psis_right"]),
         midline_x,
         skin_to_psis_mm=params.skin_to_psis_mm,
         lateral_mm=params.lateral_soft_tissue_mm,
         anterior_mm=params.anterior_soft_tissue_mm,
     )
-    hip_z = np.concatenate(
-        [shape.left_hip.vertices_lps_mm[:, 2], shape.right_hip.vertices_lps_mm[:, 2]]
-    )
     lo = np.array(
         [
             midline_x - outline.half_width_mm - 5.0,
             outline.anterior_y - _TABLE_ROOM_MM,
-            hip_z.min() - _SCAN_BELOW_HIP_MM,
+            scan_bottom_z,
         ]
     )
     hi = np.array(
@@ -323,6 +367,7 @@ def make_phantom(
     bones = build_bones(
         shape,
         grid,
+        femurs=femurs,
         cortex_thickness_mm=params.cortex_thickness_mm,
         si_joint_width_mm=params.si_joint_width_mm,
     )
@@ -391,6 +436,8 @@ def make_phantom(
         "shape": source,
         "landmarks": {k: [round(float(v), 3) for v in p] for k, p in snapped.items()},
         "landmarks_on_mesh": {k: [round(float(v), 3) for v in marks[k]] for k in LANDMARK_NAMES},
+        # Not snapped: the head centre is the centre of the sphere fitted to the cup.
+        "femoral_heads": femoral_heads,
         "midline_x_mm": round(midline_x, 3),
         "skin_to_psis_mm": depth_psis,
         "labels": dict(TRUTH_LABELS),

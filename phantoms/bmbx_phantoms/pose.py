@@ -7,7 +7,7 @@ from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
 from bmbx_phantoms.atlas import PelvisShape, transformed
-from bmbx_phantoms.mesh import Mesh
+from bmbx_plan.mesh import Mesh
 
 __all__ = ["pose_shape", "rotation_matrix", "thin_posterior_wing", "vertex_normals"]
 

@@ -1,14 +1,15 @@
-"""A statistical shape model of the pelvis built from the shared atlas of real pelves.
+"""A statistical shape model of the pelvis built from an atlas of real pelves.
 
-The atlas meshes have their vertices in correspondence, so the thirty real pelves (left
-hip, right hip, sacrum) span a linear shape space. The package ships its mean and
-principal modes (``data/pelvis_shape_model.npz``) so that a phantom with a real,
-seed-dependent bone shape can be built on a machine without the atlas. Every sampled
+The atlas meshes (JHU I-STAR pelvis atlas, CC BY 4.0) have their vertices in
+correspondence, so thirty real pelves (left hip, right hip, sacrum) span a linear shape
+space. The package ships its mean and principal modes (``data/pelvis_shape_model.npz``):
+phantoms draw real bone shapes from it, and anatomy fitting uses it as a prior. Every
 shape is a combination of real shapes: mean plus a bounded mix of the modes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -17,10 +18,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bmbx_phantoms.atlas import BONES, PelvisShape, atlas_cases, load_pelvis
-from bmbx_phantoms.mesh import Mesh
+from bmbx_plan.mesh import Mesh
 
-__all__ = ["ShapeModel", "build_shape_model", "default_shape_model"]
+__all__ = ["BONES", "ShapeModel", "build_shape_model", "default_shape_model"]
+
+#: Bone order of every mesh triplet: left hip, right hip, sacrum.
+BONES = ("left_hip", "right_hip", "sacrum")
 
 _DATA_FILE = "pelvis_shape_model.npz"
 
@@ -51,8 +54,9 @@ class ShapeModel:
         """Number of modes kept."""
         return int(self.modes_mm.shape[0])
 
-    def shape(self, coefficients_sd: NDArray[np.float64] | None = None) -> PelvisShape:
-        """The shape ``mean + sum(c_m * mode_m)``, centred on the origin.
+    def shape(self, coefficients_sd: NDArray[np.float64] | None = None) -> tuple[Mesh, ...]:
+        """The meshes (left hip, right hip, sacrum) of ``mean + sum(c_m * mode_m)``, centred
+        on the origin.
 
         Parameters
         ----------
@@ -65,10 +69,9 @@ class ShapeModel:
             given = np.asarray(coefficients_sd, dtype=np.float64)[: self.n_modes]
             coeffs[: given.size] = given
             verts += np.tensordot(coeffs, self.modes_mm, axes=1)
-        meshes = [Mesh(verts[b], self.faces[b]) for b in range(len(BONES))]
-        return PelvisShape(*meshes)
+        return tuple(Mesh(verts[b], self.faces[b]) for b in range(len(BONES)))
 
-    def sample(self, rng: np.random.Generator, *, limit_sd: float = 2.0) -> PelvisShape:
+    def sample(self, rng: np.random.Generator, *, limit_sd: float = 2.0) -> tuple[Mesh, ...]:
         """Draw a shape: independent normal mode weights, clipped to ``+-limit_sd``."""
         coeffs = np.clip(rng.standard_normal(self.n_modes), -limit_sd, limit_sd)
         return self.shape(coeffs)
@@ -96,20 +99,26 @@ class ShapeModel:
             )
 
 
-def build_shape_model(atlas_root: str | Path, *, n_modes: int = 12) -> ShapeModel:
-    """Principal component model of every case under ``atlas_root``.
+def build_shape_model(
+    cases: Sequence[Sequence[Mesh]], *, case_ids: Sequence[str], n_modes: int = 12
+) -> ShapeModel:
+    """Principal component model of mesh triplets (left hip, right hip, sacrum).
 
     Each case is translated so its vertex centroid (all three bones) is at the origin;
     orientation and size are kept, since they are real variation between patients.
+    Every case must have the same vertex count and triangles per bone (correspondence).
     """
-    cases = atlas_cases(atlas_root)
     if len(cases) < 2:
-        raise ValueError(f"{atlas_root}: a shape model needs at least two atlas cases")
-    shapes = [load_pelvis(Path(atlas_root) / case) for case in cases]
-    faces = tuple(mesh.faces for _, mesh in shapes[0].meshes())
+        raise ValueError("a shape model needs at least two cases")
+    faces = tuple(mesh.faces for mesh in cases[0])
+    for case_id, case in zip(case_ids, cases, strict=True):
+        if len(case) != len(BONES) or any(
+            not np.array_equal(mesh.faces, f) for mesh, f in zip(case, faces, strict=True)
+        ):
+            raise ValueError(f"case {case_id}: meshes are not in correspondence with the first")
     stacks = []
-    for shape in shapes:
-        verts = np.stack([mesh.vertices_lps_mm for _, mesh in shape.meshes()])
+    for case in cases:
+        verts = np.stack([mesh.vertices_lps_mm for mesh in case])
         stacks.append(verts - verts.reshape(-1, 3).mean(axis=0))
     data = np.stack(stacks)  # (C, 3, N, 3)
     mean = data.mean(axis=0)
@@ -118,11 +127,12 @@ def build_shape_model(atlas_root: str | Path, *, n_modes: int = 12) -> ShapeMode
     keep = min(n_modes, len(cases) - 1)
     sd = sing[:keep] / np.sqrt(len(cases) - 1)
     modes = (vt[:keep] * sd[:, np.newaxis]).reshape(keep, *mean.shape)
-    return ShapeModel(mean, modes, faces, tuple(cases))
+    return ShapeModel(mean, modes, faces, tuple(case_ids))
 
 
 def default_shape_model() -> ShapeModel:
-    """The model shipped with the package (built from the 30-case pelvis atlas)."""
-    ref = resources.files("bmbx_phantoms") / "data" / _DATA_FILE
+    """The model shipped with the package (built from the 30-case pelvis atlas by
+    ``phantoms/build_shape_model.py``)."""
+    ref = resources.files("bmbx_plan.anatomy") / "data" / _DATA_FILE
     with resources.as_file(ref) as path:
         return ShapeModel.load(path)

@@ -1,0 +1,1 @@
+"""Anatomy of the pelvis for planning: segmentation, landmarks, keep-out zones."""
