@@ -108,6 +108,28 @@ def _cmd_phantom(args: argparse.Namespace, out: _Reporter) -> int:
     return EXIT_OK
 
 
+def _cmd_segment(args: argparse.Namespace, out: _Reporter) -> int:
+    from bmbx_plan.anatomy import segment_pelvis, write_anatomy
+
+    with out.task(f"Loading {args.input}"):
+        ct = load_ct(args.input, series_uid=args.series)
+    with out.task("Segmenting the pelvis") as step:
+        anatomy = segment_pelvis(ct, masks=args.masks, progress=step)
+        step("writing")
+        written = write_anatomy(anatomy, args.out, overwrite=args.overwrite)
+    for name in ("ilium_left", "ilium_right", "sacrum"):
+        volume_ml = float(anatomy.mask(name).sum()) * ct.voxel_volume_mm3 / 1000.0
+        print(f"  {name:12s} {volume_ml:7.0f} mL")
+    for name in ("psis_left", "psis_right"):
+        point = ", ".join(f"{v:.1f}" for v in anatomy.landmarks_lps_mm[name])
+        print(f"  {name:12s} ({point}) LPS mm")
+    for note in anatomy.notes:
+        print(f"  note: {note}")
+    for key, path in written.items():
+        print(f"  {key:12s} {path}")
+    return EXIT_OK
+
+
 def _cmd_info(args: argparse.Namespace, out: _Reporter) -> int:
     with out.task(f"Loading {args.input}"):
         ct = load_ct(args.input, series_uid=args.series)
@@ -141,9 +163,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bmbx-plan {__version__}")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of failures")
+    # The same two options after the command name (``bmbx-plan phantom --quiet``).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    ph = sub.add_parser("phantom", help="write a synthetic pelvic CT phantom with ground truth")
+    ph = sub.add_parser(
+        "phantom", parents=[common], help="write a synthetic pelvic CT phantom with ground truth"
+    )
     ph.add_argument("--out", type=Path, help="output folder (must be empty or new)")
     ph.add_argument("--seed", type=int, default=0)
     ph.add_argument("--position", default="HFP", choices=["HFP", "HFS", "FFP", "FFS"])
@@ -160,7 +188,21 @@ def _parser() -> argparse.ArgumentParser:
     ph.add_argument("--list-presets", action="store_true", help="list presets and exit")
     ph.set_defaults(run=_cmd_phantom)
 
-    info = sub.add_parser("info", help="load a CT and print its geometry and series choice")
+    seg = sub.add_parser(
+        "segment", parents=[common], help="segment the pelvis: labels, landmarks, meshes"
+    )
+    seg.add_argument("input", type=Path, help="DICOM folder or file, NIfTI, NRRD or MHA")
+    seg.add_argument("--out", type=Path, required=True, help="output folder (empty or new)")
+    seg.add_argument("--series", help="SeriesInstanceUID to load from a folder with several")
+    seg.add_argument(
+        "--masks", type=Path, help="TotalSegmentator output (folder or multilabel file) to import"
+    )
+    seg.add_argument("--overwrite", action="store_true", help="replace files in a non-empty --out")
+    seg.set_defaults(run=_cmd_segment)
+
+    info = sub.add_parser(
+        "info", parents=[common], help="load a CT and print its geometry and series choice"
+    )
     info.add_argument("input", type=Path, help="DICOM folder or file, NIfTI, NRRD or MHA")
     info.add_argument("--series", help="SeriesInstanceUID to load from a folder with several")
     info.set_defaults(run=_cmd_info)

@@ -732,3 +732,42 @@ def _close_boundary_loops(mesh: Mesh, edges: _Edges) -> Mesh:
         np.concatenate([mesh.vertices_lps_mm, np.asarray(centroids)]),
         np.concatenate([mesh.faces, *new_faces]),
     )
+
+
+# ---------------------------------------------------------------------- surface extraction
+
+
+def mesh_from_mask(mask: ArrayLike, grid: Volume) -> Mesh:
+    """Triangle surface of a binary mask in LPS mm (marching cubes at the 0.5 level).
+
+    Parameters
+    ----------
+    mask : (K, J, I) array_like of bool
+        On ``grid``'s voxels.
+    grid : Volume
+        Geometry (any orientation).
+
+    Returns
+    -------
+    Mesh
+        Closed surface (the mask is padded by one voxel), triangles facing outward.
+    """
+    from skimage.measure import marching_cubes
+
+    data = np.asarray(mask, dtype=bool)
+    if data.shape != grid.shape:
+        raise ValueError(f"mask shape {data.shape} differs from the grid {grid.shape}")
+    if not data.any():
+        raise ValueError("mask_to_mesh needs a non-empty mask")
+    where = [np.nonzero(data.any(axis=tuple(a for a in range(3) if a != n)))[0] for n in range(3)]
+    lo = np.array([int(w.min()) for w in where])
+    hi = np.array([int(w.max()) for w in where])
+    crop = np.pad(data[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1, lo[2] : hi[2] + 1], 1)
+    verts, faces, _, _ = marching_cubes(crop.astype(np.float32), level=0.5)
+    index = verts + lo - 1
+    points = grid.index_to_lps(index)
+    # marching_cubes winds triangles for a right-handed index frame; a grid whose axes
+    # form a left-handed frame in LPS mirrors them.
+    if np.linalg.det(grid.direction) > 0:
+        faces = faces[:, ::-1]
+    return Mesh(points, faces.astype(np.int64))

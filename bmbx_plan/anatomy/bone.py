@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from bmbx_plan.volume import Volume
 
-__all__ = ["DEFAULT_BONE_THRESHOLD_HU", "cortical_band", "segment_bone"]
+__all__ = ["DEFAULT_BONE_THRESHOLD_HU", "bounding_box", "cortical_band", "segment_bone"]
 
 Mask = NDArray[np.bool_]
 
@@ -61,14 +61,9 @@ def segment_bone(
     dense = np.asarray(ct.array) >= bone_threshold_hu
     if body is not None:
         dense &= body
-    labels, count = ndimage.label(dense)
-    if count == 0:
+    if not dense.any():
         return dense
-    sizes = ndimage.sum_labels(dense, labels, index=np.arange(1, count + 1))
-    min_voxels = _MIN_PIECE_ML * 1000.0 / ct.voxel_volume_mm3
-    keep = np.concatenate([[False], sizes >= min_voxels])
-    dense = keep[labels]
-    box = _bounding_box(dense, 3)
+    box = bounding_box(dense, 3)
     shell = dense[box]
     radius = np.maximum(_CLOSING_MM / ct.spacing_mm, 1.0)
     closed = ndimage.binary_closing(shell, structure=_ball(radius), border_value=0)
@@ -88,8 +83,14 @@ def segment_bone(
     inner = np.unique(pieces[cavity])
     keep = np.zeros(int(pieces.max()) + 1, bool)
     keep[inner[inner > 0]] = True
+    filled = shell | keep[pieces]
+    # Small pieces (noise, calcifications, contrast) are dropped only now: a thin cortex
+    # at the threshold breaks into small pieces that still enclose their marrow slices.
+    labels, count = ndimage.label(filled)
+    sizes = ndimage.sum_labels(filled, labels, index=np.arange(1, count + 1))
+    big = np.concatenate([[False], sizes >= _MIN_PIECE_ML * 1000.0 / ct.voxel_volume_mm3])
     bone = np.zeros_like(dense)
-    bone[box] = shell | keep[pieces]
+    bone[box] = big[labels]
     return bone
 
 
@@ -109,7 +110,8 @@ def _small_holes(mask: Mask, axis: int, max_voxels: float) -> Mask:
     return out
 
 
-def _bounding_box(mask: Mask, pad: int) -> tuple[slice, ...]:
+def bounding_box(mask: Mask, pad: int) -> tuple[slice, ...]:
+    """Slices of the bounding box of ``mask`` grown by ``pad`` voxels (mask not empty)."""
     where = (
         np.nonzero(mask.any(axis=(1, 2)))[0],
         np.nonzero(mask.any(axis=(0, 2)))[0],
@@ -131,7 +133,7 @@ def cortical_band(
     -------
     (K, J, I) bool ndarray, a subset of ``bone``.
     """
-    box = _bounding_box(bone, 1)
+    box = bounding_box(bone, 1)
     sub = bone[box]
     depth = ndimage.distance_transform_edt(sub, sampling=ct.spacing_mm)
     outer = sub & ~ndimage.binary_erosion(sub, border_value=0)

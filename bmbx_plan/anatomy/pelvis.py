@@ -1,0 +1,214 @@
+"""Split the bone of a pelvic CT into hip bones, sacrum, lumbar spine and femurs.
+
+Left and right come from LPS (+x is the patient's left), never from array axes. Bones
+touch where joints are narrow or partly fused; a marker-based watershed on the distance
+to the bone surface cuts them at the narrowest neck between the markers, which is where
+a joint is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage
+from skimage.segmentation import watershed
+
+from bmbx_plan.anatomy.bone import bounding_box
+from bmbx_plan.volume import Volume
+
+__all__ = ["PelvisBones", "split_pelvis"]
+
+Mask = NDArray[np.bool_]
+
+# Pieces of bone smaller than this are fragments, osteophytes or calcifications.
+_MIN_PIECE_ML = 2.0
+# Half-width of the midline slab that seeds the sacrum and spine.
+_MIDLINE_SLAB_MM = 12.0
+# Bone this far from the midline seeds the hip bone of that side.
+_LATERAL_SEED_MM = 65.0
+# Low-density sheets up to twice this thick inside the filled bone are joint clefts.
+_CLEFT_HALF_WIDTH_MM = 1.5
+# A femur is a piece on one side whose top lies this far below the top of the hip bone.
+_FEMUR_BELOW_CREST_MM = 60.0
+# The femoral shaft: bone in the lowest slices of the scan, this far from the midline
+# (lateral of the ischial tuberosities).
+_SHAFT_SEED_MM = 10.0
+_SHAFT_LATERAL_MM = 70.0
+
+
+@dataclass(frozen=True, eq=False)
+class PelvisBones:
+    """Exclusive bone masks on the CT grid."""
+
+    ilium_left: Mask
+    ilium_right: Mask
+    sacrum: Mask
+    lumbar_spine: Mask
+    femur_left: Mask
+    femur_right: Mask
+    midline_x_mm: float
+    notes: tuple[str, ...]
+
+
+def _lps_coordinate(
+    ct: Volume, axis: int, box: tuple[slice, ...], origin_lps_mm: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """Broadcastable LPS coordinate ``axis`` (0=x, 1=y, 2=z) of the voxels in ``box``."""
+    row = ct.affine_lps[axis, :3]
+    k, j, i = (np.arange(s.stop - s.start, dtype=np.float64) for s in box)
+    return (
+        row[0] * k[:, None, None]
+        + row[1] * j[None, :, None]
+        + row[2] * i[None, None, :]
+        + origin_lps_mm[axis]
+    )
+
+
+def _drop_small(mask: Mask, min_voxels: float) -> Mask:
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return mask
+    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
+    keep = np.concatenate([[False], sizes >= min_voxels])
+    return np.asarray(keep[labels])
+
+
+def _components(mask: Mask) -> list[Mask]:
+    labels, count = ndimage.label(mask)
+    return [labels == n for n in range(1, count + 1)]
+
+
+def split_pelvis(bone: Mask, ct: Volume, *, bone_threshold_hu: float) -> PelvisBones:
+    """Hip bones, sacrum, lumbar spine and femurs from a bone mask.
+
+    Parameters
+    ----------
+    bone : (K, J, I) bool ndarray
+        Bone (cortex and marrow) on ``ct``'s grid.
+    ct : Volume
+        HU and geometry.
+    bone_threshold_hu : float
+        The shell threshold the bone mask was made with; voxels of ``bone`` below it were
+        filled in (marrow, or a joint cleft enclosed by two cortices).
+    """
+    notes: list[str] = []
+    min_voxels = _MIN_PIECE_ML * 1000.0 / ct.voxel_volume_mm3
+    bone = _drop_small(bone, min_voxels)
+    if not bone.any():
+        empty = np.zeros(ct.shape, bool)
+        return PelvisBones(empty, empty, empty, empty, empty, empty, float("nan"), ("no bone",))
+    box = bounding_box(bone, 2)
+    sub = bone[box]
+    hu = np.asarray(ct.array)[box]
+    origin = ct.index_to_lps([[s.start for s in box]])[0]
+    x, y, z = (_lps_coordinate(ct, axis, box, origin) for axis in range(3))
+    midline = float(np.median(np.broadcast_to(x, sub.shape)[sub]))
+    dx = x - midline
+    posterior = y > float(np.median(np.broadcast_to(y, sub.shape)[sub]))
+
+    # Markers: a posterior midline column (sacrum, spine), and lateral bone on each side.
+    markers = np.zeros(sub.shape, np.int32)
+    markers[sub & (np.abs(dx) < _MIDLINE_SLAB_MM) & posterior] = 1
+    markers[sub & (dx > _LATERAL_SEED_MM)] = 2
+    markers[sub & (dx < -_LATERAL_SEED_MM)] = 3
+    # Thin sheets of filled, low-density bone are joint clefts enclosed between two
+    # cortices (or thin marrow): they do not count as depth, so the watershed line
+    # between the markers runs through them.
+    low = sub & (hu < bone_threshold_hu)
+    thin_low = low & (
+        ndimage.distance_transform_edt(low, sampling=ct.spacing_mm) <= _CLEFT_HALF_WIDTH_MM
+    )
+    depth = ndimage.distance_transform_edt(sub & ~thin_low, sampling=ct.spacing_mm)
+    regions = watershed(-depth, markers, mask=sub)
+    # Pieces no marker reached (separate fragments near the midline, e.g. a pubic
+    # symphysis piece): by side.
+    unreached = sub & (regions == 0)
+    regions[unreached & (dx >= 0)] = 2
+    regions[unreached & (dx < 0)] = 3
+
+    sacrum, spine = _split_axial(regions == 1, regions, z, min_voxels, notes)
+    parts = {"sacrum": sacrum, "lumbar_spine": spine}
+    for value, side in ((2, "left"), (3, "right")):
+        hip, femur = _split_side(regions == value, z, dx, -depth, min_voxels)
+        parts[f"ilium_{side}"], parts[f"femur_{side}"] = hip, femur
+        if not hip.any():
+            notes.append(f"no {side} hip bone found")
+    full = {}
+    for name, part in parts.items():
+        mask = np.zeros(ct.shape, bool)
+        mask[box] = part
+        full[name] = mask
+    return PelvisBones(**full, midline_x_mm=midline, notes=tuple(notes))
+
+
+def _split_axial(
+    axial: Mask,
+    regions: NDArray[np.int32],
+    z: NDArray[np.float64],
+    min_voxels: float,
+    notes: list[str],
+) -> tuple[Mask, Mask]:
+    """The sacrum is the midline piece in widest contact with the hip bones; pieces above
+    it are lumbar vertebrae (pieces below, the coccyx, stay with the sacrum)."""
+    pieces = [p for p in _components(axial) if p.sum() >= min_voxels]
+    if not pieces:
+        notes.append("no sacrum found near the midline")
+        return np.zeros_like(axial), np.zeros_like(axial)
+    hips = ndimage.binary_dilation((regions == 2) | (regions == 3), iterations=3)
+    contact = [int((p & hips).sum()) for p in pieces]
+    best = int(np.argmax(contact))
+    sacrum = pieces[best].copy()
+    top = float(np.broadcast_to(z, axial.shape)[sacrum].max())
+    spine = np.zeros_like(axial)
+    for n, piece in enumerate(pieces):
+        if n == best:
+            continue
+        centre_z = float(np.broadcast_to(z, axial.shape)[piece].mean())
+        if centre_z > top - 10.0:
+            spine |= piece
+        else:
+            sacrum |= piece
+    return sacrum, spine
+
+
+def _split_side(
+    side: Mask,
+    z: NDArray[np.float64],
+    dx: NDArray[np.float64],
+    elevation: NDArray[np.float64],
+    min_voxels: float,
+) -> tuple[Mask, Mask]:
+    """Hip bone and femur of one side.
+
+    The hip bone is the piece reaching highest. Where the femoral head touches the
+    acetabulum (narrow joint, partial volume) the femur is cut off by a watershed from
+    the femoral shaft (far lateral bone in the lowest slices) against the iliac wing.
+    """
+    pieces = [p for p in _components(side) if p.sum() >= min_voxels]
+    if not pieces:
+        return np.zeros_like(side), np.zeros_like(side)
+    zz = np.broadcast_to(z, side.shape)
+    tops = [float(zz[p].max()) for p in pieces]
+    hip_index = int(np.argmax(tops))
+    crest = tops[hip_index]
+    hip = pieces[hip_index].copy()
+    femur = np.zeros_like(side)
+    for n, piece in enumerate(pieces):
+        if n == hip_index:
+            continue
+        if tops[n] < crest - _FEMUR_BELOW_CREST_MM:
+            femur |= piece
+        else:
+            hip |= piece
+    bottom = float(zz[side].min())
+    shaft = hip & (zz < bottom + _SHAFT_SEED_MM) & (np.abs(dx) > _SHAFT_LATERAL_MM)
+    if not femur.any() and shaft.sum() >= 10:
+        markers = np.zeros(side.shape, np.int32)
+        markers[hip & (zz > crest - _FEMUR_BELOW_CREST_MM)] = 1
+        markers[shaft] = 2
+        regions = watershed(elevation, markers, mask=hip)
+        femur = regions == 2
+        hip = regions == 1
+    return hip, femur

@@ -1,0 +1,324 @@
+"""``segment_pelvis``: everything the planner needs to know about the pelvis of a CT."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage
+from skimage.segmentation import watershed
+
+from bmbx_plan.anatomy.body import segment_body
+from bmbx_plan.anatomy.bone import DEFAULT_BONE_THRESHOLD_HU, cortical_band, segment_bone
+from bmbx_plan.anatomy.external import ExternalMasks, load_external_masks
+from bmbx_plan.anatomy.landmarks import ShapeFit, fit_shape_model, pelvis_landmarks
+from bmbx_plan.anatomy.pelvis import PelvisBones, split_pelvis
+from bmbx_plan.io.errors import InputError
+from bmbx_plan.mesh import voxelize
+from bmbx_plan.volume import Volume
+
+__all__ = ["LABELS", "Anatomy", "NoPelvisError", "segment_pelvis"]
+
+Mask = NDArray[np.bool_]
+Progress = Callable[[str], None]
+
+#: Values of the exclusive label map ``labels.nii.gz`` written by ``bmbx-plan segment``.
+LABELS: dict[str, int] = {
+    "body": 1,
+    "ilium_left": 2,
+    "ilium_right": 3,
+    "sacrum": 4,
+    "lumbar_spine": 5,
+    "femur_left": 6,
+    "femur_right": 7,
+    "table": 8,
+    "bowel_gas": 9,
+    "si_joint_left": 10,
+    "si_joint_right": 11,
+    "sciatic_notch_left": 12,
+    "sciatic_notch_right": 13,
+}
+
+# A fitted shape model that misses the bone surface by more than this (rms) did not find
+# a pelvis: the bone in the scan is something else (ribs, spine, limbs).
+_MAX_FIT_RMS_MM = 5.0
+# Bone of a side farther than this outside the fitted hip bone seeds the femur.
+_FEMUR_MARGIN_MM = 6.0
+# Keep-out region around the apex of each greater sciatic notch (superior gluteal
+# vessels, sciatic nerve): the planner keeps the core at least 10 mm away; this region
+# marks where the neurovascular bundle runs.
+_NOTCH_KEEPOUT_MM = 10.0
+# The SI joint region: non-bone voxels this close to both the sacrum and that ilium.
+_SI_JOINT_REACH_MM = 4.0
+# The crest must lie this far below the top of the scan, and the notch apex this far
+# above its bottom, for the posterior wing to be fully in view.
+_COVERAGE_MARGIN_MM = 5.0
+
+
+class NoPelvisError(InputError):
+    """The CT does not show the pelvis the planner needs (or shows it cut off)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Anatomy:
+    """The segmented pelvis of one CT (all masks on the CT's grid).
+
+    Attributes
+    ----------
+    labels : Volume
+        Exclusive label map (uint8) with values from :data:`LABELS`.
+    cortex : (K, J, I) bool ndarray
+        Cortical shell of the hip bones; the rest of each ilium is marrow.
+    landmarks_lps_mm : dict
+        ``psis_left``, ``asis_left``, ``sciatic_notch_apex_left``, ... (LPS mm).
+    midline_x_mm : float
+        L coordinate of the mid-sagittal plane (from the bones, not x = 0).
+    has_skin : bool
+        Whether the CT shows air around the patient (a skin surface to enter through).
+    shape_fit : ShapeFit
+        The pelvis shape model fitted to the bones (meshes, residuals, SI joint surfaces).
+    external : ExternalMasks or None
+        Risk structures imported from another segmentation.
+    notes : tuple of str
+    """
+
+    labels: Volume
+    cortex: Mask
+    landmarks_lps_mm: dict[str, NDArray[np.float64]]
+    midline_x_mm: float
+    has_skin: bool
+    shape_fit: ShapeFit
+    external: ExternalMasks | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    def mask(self, name: str) -> Mask:
+        """Boolean mask of one label name."""
+        if name not in LABELS:
+            raise KeyError(f"unknown label {name!r}; labels are {sorted(LABELS)}")
+        return np.asarray(self.labels.array == LABELS[name])
+
+    def ilium(self, side: str) -> Mask:
+        """Whole hip bone (cortex and marrow) of ``"left"`` or ``"right"``."""
+        return self.mask(f"ilium_{side}")
+
+    def marrow(self, side: str) -> Mask:
+        """Marrow of one ilium: inside its cortical shell."""
+        return self.ilium(side) & ~self.cortex
+
+
+def _z_range(ct: Volume) -> tuple[float, float]:
+    bounds = ct.bounds_lps_mm()
+    return float(bounds[0, 2]), float(bounds[1, 2])
+
+
+def _near(mask: Mask, spacing: NDArray[np.float64], reach_mm: float) -> Mask:
+    """Voxels within ``reach_mm`` of ``mask`` (computed in the mask's padded box)."""
+    where = [np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != n)))[0] for n in range(3)]
+    if any(w.size == 0 for w in where):
+        return np.zeros_like(mask)
+    pad = [int(np.ceil(reach_mm / s)) + 1 for s in spacing]
+    box = tuple(
+        slice(max(int(w.min()) - p, 0), int(w.max()) + p + 1)
+        for w, p in zip(where, pad, strict=True)
+    )
+    out = np.zeros_like(mask)
+    out[box] = ndimage.distance_transform_edt(~mask[box], sampling=spacing) <= reach_mm
+    return out
+
+
+def _check_coverage(
+    ct: Volume,
+    bones: Mapping[str, Mask],
+    landmarks: Mapping[str, NDArray[np.float64]],
+    source: str,
+) -> None:
+    """Refuse scans whose field of view cuts the posterior iliac wing."""
+    low, high = _z_range(ct)
+    span = f"the scan covers z = {low:.0f} to {high:.0f} mm"
+    axial, sign = ct.axis_of(2)
+    for side in ("left", "right"):
+        ilium = bones[f"ilium_{side}"]
+        top_slice = ilium.take(ct.shape[axial] - 1 if sign > 0 else 0, axis=axial)
+        if top_slice.sum() * ct.voxel_volume_mm3 / ct.spacing_mm[axial] > 100.0:
+            raise NoPelvisError(
+                source,
+                f"the pelvis is cut off above the iliac crest "
+                f"({side} ilium reaches the top of the scan; {span})",
+            )
+        notch_z = float(landmarks[f"sciatic_notch_apex_{side}"][2])
+        if notch_z < low + _COVERAGE_MARGIN_MM:
+            raise NoPelvisError(
+                source,
+                f"the pelvis is cut off at or above the greater "
+                f"sciatic notch ({side} notch at z = {notch_z:.0f} mm; {span})",
+            )
+
+
+def _refine_femurs(split: PelvisBones, fit: ShapeFit, ct: Volume) -> PelvisBones:
+    """Second pass for the femoral heads: bone of a side that lies well outside the
+    fitted hip bone (and below its acetabulum) seeds the femur, the fitted hip bone seeds
+    the hip, and a watershed on the depth below the bone surface cuts at the joint."""
+    out = {}
+    for n, side in enumerate(("left", "right")):
+        region = getattr(split, f"ilium_{side}") | getattr(split, f"femur_{side}")
+        fitted = voxelize(fit.meshes[n], ct)
+        inside = ndimage.binary_erosion(fitted, iterations=2)
+        outside = ~_near(fitted, ct.spacing_mm, _FEMUR_MARGIN_MM)
+        below = np.broadcast_to(_lps_z(ct), ct.shape) < float(
+            fit.meshes[n].vertices_lps_mm[:, 2].min()
+            + 0.5 * np.ptp(fit.meshes[n].vertices_lps_mm[:, 2])
+        )
+        markers = np.zeros(ct.shape, np.int32)
+        markers[region & inside] = 1
+        markers[region & outside & below] = 2
+        if (markers == 2).sum() * ct.voxel_volume_mm3 < 2000.0 or not (markers == 1).any():
+            out[f"ilium_{side}"] = getattr(split, f"ilium_{side}")
+            out[f"femur_{side}"] = getattr(split, f"femur_{side}")
+            continue
+        depth = ndimage.distance_transform_edt(region, sampling=ct.spacing_mm)
+        regions = watershed(-depth, markers, mask=region)
+        out[f"ilium_{side}"] = regions == 1
+        out[f"femur_{side}"] = regions == 2
+    return replace(split, **out)
+
+
+def _lps_z(ct: Volume) -> NDArray[np.float64]:
+    row = ct.affine_lps[2]
+    k, j, i = (np.arange(n, dtype=np.float64) for n in ct.shape)
+    return (
+        row[0] * k[:, None, None] + row[1] * j[None, :, None] + row[2] * i[None, None, :] + row[3]
+    )
+
+
+def segment_pelvis(
+    ct: Volume,
+    *,
+    bone_threshold_hu: float = DEFAULT_BONE_THRESHOLD_HU,
+    masks: str | Path | None = None,
+    progress: Progress | None = None,
+) -> Anatomy:
+    """Segment the pelvis of a CT for biopsy planning.
+
+    Parameters
+    ----------
+    ct : Volume
+        HU, any patient position and storage order.
+    bone_threshold_hu : float
+        Threshold of the cortical shell (marrow is filled in, not thresholded).
+    masks : path, optional
+        External masks (a TotalSegmentator output folder or multilabel file) whose risk
+        structures are resampled onto the CT.
+    progress : callable, optional
+        Called with a short description before each step.
+
+    Raises
+    ------
+    NoPelvisError
+        No bone, no pelvis in the field of view, or a pelvis cut off above the iliac
+        crest or at the sciatic notch; the message says what is missing and which z-range
+        the scan covers.
+    """
+    say = progress or (lambda _msg: None)
+    source = ct.info.source or "CT"
+    low, high = _z_range(ct)
+    span = f"the scan covers z = {low:.0f} to {high:.0f} mm"
+    notes: list[str] = []
+
+    say("body")
+    body = segment_body(ct)
+    notes.extend(body.notes)
+    say("bone")
+    bone = segment_bone(
+        ct, body=body.body if body.has_air else None, bone_threshold_hu=bone_threshold_hu
+    )
+    if not bone.any():
+        raise NoPelvisError(
+            source, f"no bone found (nothing above {bone_threshold_hu:.0f} HU forms bone); {span}"
+        )
+    say("hip bones and sacrum")
+    split = split_pelvis(bone, ct, bone_threshold_hu=bone_threshold_hu)
+    notes.extend(split.notes)
+    parts = {
+        "ilium_left": split.ilium_left,
+        "ilium_right": split.ilium_right,
+        "sacrum": split.sacrum,
+    }
+    missing = [name for name, m in parts.items() if m.sum() * ct.voxel_volume_mm3 < 20_000.0]
+    if missing:
+        raise NoPelvisError(
+            source, f"no pelvis in the field of view (found no {', '.join(missing)}); {span}"
+        )
+    say("landmarks")
+    try:
+        fit = fit_shape_model(split.ilium_left, split.ilium_right, split.sacrum, ct)
+    except ValueError as exc:
+        raise NoPelvisError(source, f"the bones do not form a pelvis ({exc}); {span}") from None
+    if fit.rms_mm > _MAX_FIT_RMS_MM:
+        raise NoPelvisError(
+            source,
+            f"no pelvis in the field of view: the bone found does not "
+            f"match a pelvis (shape model residual {fit.rms_mm:.1f} mm); {span}",
+        )
+    notes.extend(fit.notes)
+    split = _refine_femurs(split, fit, ct)
+    parts = {
+        "ilium_left": split.ilium_left,
+        "ilium_right": split.ilium_right,
+        "sacrum": split.sacrum,
+    }
+    landmarks = pelvis_landmarks(fit, masks=(split.ilium_left, split.ilium_right), grid=ct)
+    _check_coverage(ct, {**parts}, landmarks, source)
+
+    say("cortex, joints and keep-out zones")
+    hips = split.ilium_left | split.ilium_right
+    cortex = cortical_band(hips, ct) & hips
+    labels = np.zeros(ct.shape, np.uint8)
+    if body.has_air:
+        labels[body.body] = LABELS["body"]
+        labels[body.table] = LABELS["table"]
+        gas = body.body & (np.asarray(ct.array) < -500.0)
+        labels[gas] = LABELS["bowel_gas"]
+    any_bone = hips | split.sacrum | split.lumbar_spine | split.femur_left | split.femur_right
+    near_sacrum = _near(split.sacrum, ct.spacing_mm, _SI_JOINT_REACH_MM)
+    for side in ("left", "right"):
+        ilium = parts[f"ilium_{side}"]
+        joint = near_sacrum & _near(ilium, ct.spacing_mm, _SI_JOINT_REACH_MM) & ~any_bone
+        labels[joint] = LABELS[f"si_joint_{side}"]
+        apex = landmarks[f"sciatic_notch_apex_{side}"]
+        index = np.rint(ct.lps_to_index([apex])[0]).astype(int)
+        seed = np.zeros(ct.shape, bool)
+        if np.all((index >= 0) & (index < np.array(ct.shape))):
+            seed[tuple(index)] = True
+            keepout = _near(seed, ct.spacing_mm, _NOTCH_KEEPOUT_MM) & ~any_bone
+            labels[keepout] = LABELS[f"sciatic_notch_{side}"]
+    for name in (
+        "lumbar_spine",
+        "femur_left",
+        "femur_right",
+        "sacrum",
+        "ilium_left",
+        "ilium_right",
+    ):
+        labels[getattr(split, name)] = LABELS[name]
+
+    external = None
+    if masks is not None:
+        say("external masks")
+        external = load_external_masks(masks, ct)
+        notes.extend(external.notes)
+    # The mid-sagittal plane passes through the sacrum (the spinous processes and the
+    # median sacral crest lie on it), whatever the scanner's x = 0 is.
+    midline = float(ct.index_to_lps(np.argwhere(split.sacrum))[:, 0].mean())
+    return Anatomy(
+        labels=ct.with_array(labels),
+        cortex=cortex,
+        landmarks_lps_mm=landmarks,
+        midline_x_mm=midline,
+        has_skin=body.has_air,
+        shape_fit=fit,
+        external=external,
+        notes=tuple(notes),
+    )

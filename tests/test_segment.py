@@ -1,0 +1,204 @@
+"""segment_pelvis on phantoms (against exact truth) and on real CT; clear refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bmbx_phantoms import TRUTH_LABELS, make_phantom
+from bmbx_phantoms.labels import ilium_labels
+from bmbx_plan import NoPelvisError, load_ct, segment_pelvis
+from bmbx_plan.volume import Volume
+
+DATA = (Path(__file__).parents[1] / ".." / "shared" / "data").resolve()
+GRID = {"pixel_spacing_mm": 1.5, "slice_spacing_mm": 2.0}
+CASES = [
+    (1, "HFP", "average"),
+    (2, "FFS", "obese"),
+    (3, "HFS", "osteoporotic"),
+    (4, "FFP", "rotated"),
+]
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2.0 * (a & b).sum() / max(int(a.sum() + b.sum()), 1))
+
+
+@pytest.fixture(scope="module")
+def segmented() -> list[tuple[object, object]]:
+    out = []
+    for seed, position, preset in CASES:
+        ph = make_phantom(seed=seed, position=position, preset=preset, **GRID)
+        # Segment the CT as a scanner stores it for that position (flipped axes).
+        from bmbx_phantoms.dicom_writer import scanner_orientation
+
+        stored = ph.ct.reoriented(scanner_orientation(position))
+        labels = ph.labels.reoriented(scanner_orientation(position))
+        out.append((ph, labels, segment_pelvis(stored)))
+    return out
+
+
+def test_hip_bones_match_the_truth(segmented: list) -> None:
+    for ph, labels, anatomy in segmented:
+        for side in ("left", "right"):
+            truth = np.isin(labels.array, ilium_labels(side))
+            assert _dice(anatomy.ilium(side), truth) >= 0.95, (ph.truth["seed"], side)
+
+
+def test_sacrum_matches_the_truth(segmented: list) -> None:
+    # Measured 0.91-0.96 on these cases; the goal is 0.95 on every one.
+    worst = min(
+        _dice(a.mask("sacrum"), lab.array == TRUTH_LABELS["sacrum"]) for _, lab, a in segmented
+    )
+    assert worst >= 0.90
+
+
+@pytest.mark.xfail(
+    reason="sacrum Dice is 0.91-0.96; 0.95 everywhere is not reached yet", strict=True
+)
+def test_sacrum_reaches_the_goal_on_every_case(segmented: list) -> None:
+    worst = min(
+        _dice(a.mask("sacrum"), lab.array == TRUTH_LABELS["sacrum"]) for _, lab, a in segmented
+    )
+    assert worst >= 0.95
+
+
+def test_landmarks_within_5_mm(segmented: list) -> None:
+    for ph, _, anatomy in segmented:
+        for name in (
+            "psis_left",
+            "psis_right",
+            "sciatic_notch_apex_left",
+            "sciatic_notch_apex_right",
+            "asis_left",
+            "asis_right",
+        ):
+            error = np.linalg.norm(anatomy.landmarks_lps_mm[name] - ph.landmark(name))
+            assert error < 5.0, (ph.truth["seed"], name, error)
+
+
+def test_midline_comes_from_the_anatomy(segmented: list) -> None:
+    for ph, _, anatomy in segmented:
+        # Phantoms place the midline off x = 0 on purpose.
+        assert abs(anatomy.midline_x_mm - ph.truth["midline_x_mm"]) < 5.0
+
+
+def test_left_and_right_follow_lps(segmented: list) -> None:
+    for _, _, anatomy in segmented:
+        grid = anatomy.labels
+        xs = {
+            side: grid.index_to_lps(np.argwhere(anatomy.ilium(side)))[:, 0].mean()
+            for side in ("left", "right")
+        }
+        assert xs["left"] > xs["right"] + 80.0
+
+
+def test_marrow_lies_inside_the_cortex(segmented: list) -> None:
+    for _, labels, anatomy in segmented:
+        marrow = anatomy.marrow("left")
+        truth_marrow = labels.array == TRUTH_LABELS["ilium_left_marrow"]
+        # Most segmented marrow is true marrow (the shell is at most a few voxels).
+        assert (marrow & truth_marrow).sum() / marrow.sum() > 0.9
+
+
+@pytest.mark.realdata
+def test_real_ct_of_the_upper_abdomen_is_refused() -> None:
+    series = DATA / "real" / "upper_abdomen_dicom"
+    if not series.is_dir():
+        pytest.skip(f"{series} is absent")
+    with pytest.raises(NoPelvisError, match=r"no pelvis .* the scan covers z = -?\d+ to -?\d+ mm"):
+        segment_pelvis(load_ct(series))
+
+
+def _crop_z(volume: Volume, keep: np.ndarray) -> Volume:
+    k = np.nonzero(keep)[0]
+    array = volume.array[k.min() : k.max() + 1]
+    affine = volume.affine_lps.copy()
+    affine[:3, 3] = volume.index_to_lps([[k.min(), 0, 0]])[0]
+    return Volume(array, affine, volume.info)
+
+
+def test_cut_off_pelvis_is_refused() -> None:
+    ph = make_phantom(seed=1, pixel_spacing_mm=2.0, slice_spacing_mm=2.5)
+    z = ph.ct.index_to_lps(
+        np.stack(
+            [np.arange(ph.ct.shape[0]), np.zeros(ph.ct.shape[0]), np.zeros(ph.ct.shape[0])], axis=1
+        )
+    )[:, 2]
+    crest = max(
+        ph.shape.left_hip.vertices_lps_mm[:, 2].max(),
+        ph.shape.right_hip.vertices_lps_mm[:, 2].max(),
+    )
+    with pytest.raises(NoPelvisError, match="above the iliac crest"):
+        segment_pelvis(_crop_z(ph.ct, z < crest - 30.0))
+    notch = ph.landmark("sciatic_notch_apex_left")[2]
+    with pytest.raises(NoPelvisError, match=r"sciatic notch|no pelvis"):
+        segment_pelvis(_crop_z(ph.ct, z > notch + 15.0))
+
+
+def test_no_bone_is_refused() -> None:
+    soft = Volume.from_components(np.full((20, 30, 40), 40, np.int16), spacing_mm=(2, 2, 2))
+    with pytest.raises(NoPelvisError, match="no bone"):
+        segment_pelvis(soft)
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("case", ["001", "003", "005"])
+def test_pengwin_hip_bones(case: str) -> None:
+    folder = DATA / "real" / "pengwin_bone_only" / case
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent")
+    parts = [load_ct(folder / f"{case}_{n}.nii.gz") for n in ("LI", "RI", "SA")]
+    ct = parts[0].with_array(np.maximum.reduce([p.array for p in parts]))
+    anatomy = segment_pelvis(ct)
+    for side, code in (("left", "LI"), ("right", "RI")):
+        truth = load_ct(folder / f"{case}_{code}_mask.nii.gz").array > 0
+        assert _dice(anatomy.ilium(side), truth) >= 0.95, side
+    assert not anatomy.has_skin  # bone-only data: no air, no skin
+
+
+def test_segment_command_writes_labels_and_meshes(tmp_path: Path) -> None:
+    ph_dir = tmp_path / "ph"
+    run = [sys.executable, "-m", "bmbx_plan"]
+    subprocess.run(
+        [*run, "phantom", "--out", str(ph_dir), "--quiet", "--seed", "5"], check=True, timeout=300
+    )
+    out = tmp_path / "seg"
+    result = subprocess.run(
+        [*run, "segment", str(ph_dir / "dicom"), "--out", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    names = json.loads((out / "labels.json").read_text())
+    assert {"body", "ilium_left", "ilium_right", "sacrum"} <= set(names)
+    labels = load_ct(out / "labels.nii.gz")
+    assert labels.shape == load_ct(ph_dir / "dicom").shape
+    for bone in ("ilium_left", "ilium_right", "sacrum"):
+        assert (out / "meshes" / f"{bone}.vtp").is_file()
+        assert (out / "meshes" / f"{bone}.stl").is_file()
+    summary = json.loads((out / "anatomy.json").read_text())
+    assert summary["coordinate_system"] == "LPS"
+
+
+def test_segment_command_refuses_without_writing(tmp_path: Path) -> None:
+    series = DATA / "real" / "upper_abdomen_dicom"
+    if not series.is_dir():
+        pytest.skip(f"{series} is absent")
+    out = tmp_path / "seg"
+    result = subprocess.run(
+        [sys.executable, "-m", "bmbx_plan", "segment", str(series), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "z = " in result.stderr
+    assert not out.exists()
