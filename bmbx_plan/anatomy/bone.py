@@ -24,6 +24,8 @@ DEFAULT_BONE_THRESHOLD_HU = 130.0
 _MIN_PIECE_ML = 0.5
 # Gaps in the shell up to about this size are bridged before filling.
 _CLOSING_MM = 1.5
+# Half-width of the region around the midline where sagittal holes are filled (sacrum).
+_SACRUM_HALF_WIDTH_MM = 55.0
 # Largest hole inside one axial slice that is taken as marrow: more than a sacral body
 # (about 45 x 30 mm), far less than the pelvic inlet.
 _MAX_HOLE_MM2 = 2500.0
@@ -74,6 +76,13 @@ def segment_bone(
     axial, _ = ct.axis_of(2)
     in_plane = np.delete(ct.spacing_mm, axial)
     cavity |= _small_holes(closed, axial, _MAX_HOLE_MM2 / float(np.prod(in_plane)))
+    # The sacrum's marrow leaks through its foramina and a thin anterior cortex; in
+    # sagittal slices its body is still enclosed. Only the posterior half near the
+    # midline: further out and anterior, sagittal slices enclose the obturator foramen.
+    sagittal, _ = ct.axis_of(0)
+    in_sagittal = np.delete(ct.spacing_mm, sagittal)
+    holes = _small_holes(closed, sagittal, _MAX_HOLE_MM2 / float(np.prod(in_sagittal)))
+    cavity |= holes & _posterior_midline(closed, ct, box)
     # The closing seals the shell, but it also bridges narrow clefts between neighbouring
     # bones (SI joints, hip joints). Keep what the closing added only where it is
     # connected to an enclosed cavity (the inner side of the shell), not the bridges
@@ -92,6 +101,31 @@ def segment_bone(
     bone = np.zeros_like(dense)
     bone[box] = big[labels]
     return bone
+
+
+def _posterior_midline(shell: Mask, ct: Volume, box: tuple[slice, ...]) -> Mask:
+    """Voxels of ``box`` in the posterior half of the bone and within reach of its
+    mid-sagittal plane (where the sacrum is)."""
+    origin = np.array([s.start for s in box])
+    index = np.argwhere(shell)
+    sample = index[:: max(len(index) // 20000, 1)] + origin
+    points = ct.index_to_lps(sample)
+    mid_x, mid_y = float(np.median(points[:, 0])), float(np.median(points[:, 1]))
+    k, j, i = (np.arange(s.start, s.stop, dtype=np.float64) for s in box)
+    a = ct.affine_lps
+    x = (
+        a[0, 0] * k[:, None, None]
+        + a[0, 1] * j[None, :, None]
+        + a[0, 2] * i[None, None, :]
+        + a[0, 3]
+    )
+    y = (
+        a[1, 0] * k[:, None, None]
+        + a[1, 1] * j[None, :, None]
+        + a[1, 2] * i[None, None, :]
+        + a[1, 3]
+    )
+    return np.asarray((np.abs(x - mid_x) < _SACRUM_HALF_WIDTH_MM) & (y > mid_y))
 
 
 def _small_holes(mask: Mask, axis: int, max_voxels: float) -> Mask:

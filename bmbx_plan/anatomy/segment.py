@@ -12,7 +12,12 @@ from scipy import ndimage
 from skimage.segmentation import watershed
 
 from bmbx_plan.anatomy.body import segment_body
-from bmbx_plan.anatomy.bone import DEFAULT_BONE_THRESHOLD_HU, cortical_band, segment_bone
+from bmbx_plan.anatomy.bone import (
+    DEFAULT_BONE_THRESHOLD_HU,
+    bounding_box,
+    cortical_band,
+    segment_bone,
+)
 from bmbx_plan.anatomy.external import ExternalMasks, load_external_masks
 from bmbx_plan.anatomy.landmarks import ShapeFit, fit_shape_model, pelvis_landmarks
 from bmbx_plan.anatomy.pelvis import PelvisBones, split_pelvis
@@ -162,26 +167,33 @@ def _refine_femurs(split: PelvisBones, fit: ShapeFit, ct: Volume) -> PelvisBones
     fitted hip bone (and below its acetabulum) seeds the femur, the fitted hip bone seeds
     the hip, and a watershed on the depth below the bone surface cuts at the joint."""
     out = {}
+    z = _lps_z(ct)
     for n, side in enumerate(("left", "right")):
-        region = getattr(split, f"ilium_{side}") | getattr(split, f"femur_{side}")
+        hip, femur = getattr(split, f"ilium_{side}"), getattr(split, f"femur_{side}")
+        out[f"ilium_{side}"], out[f"femur_{side}"] = hip, femur
         fitted = voxelize(fit.meshes[n], ct)
-        inside = ndimage.binary_erosion(fitted, iterations=2)
-        outside = ~_near(fitted, ct.spacing_mm, _FEMUR_MARGIN_MM)
-        below = np.broadcast_to(_lps_z(ct), ct.shape) < float(
-            fit.meshes[n].vertices_lps_mm[:, 2].min()
-            + 0.5 * np.ptp(fit.meshes[n].vertices_lps_mm[:, 2])
-        )
-        markers = np.zeros(ct.shape, np.int32)
-        markers[region & inside] = 1
-        markers[region & outside & below] = 2
-        if (markers == 2).sum() * ct.voxel_volume_mm3 < 2000.0 or not (markers == 1).any():
-            out[f"ilium_{side}"] = getattr(split, f"ilium_{side}")
-            out[f"femur_{side}"] = getattr(split, f"femur_{side}")
+        region = hip | femur
+        if not region.any() or not fitted.any():
             continue
-        depth = ndimage.distance_transform_edt(region, sampling=ct.spacing_mm)
-        regions = watershed(-depth, markers, mask=region)
-        out[f"ilium_{side}"] = regions == 1
-        out[f"femur_{side}"] = regions == 2
+        pad = int(np.ceil(_FEMUR_MARGIN_MM / ct.spacing_mm.min())) + 2
+        box = bounding_box(region | fitted, pad)
+        sub, fit_sub = region[box], fitted[box]
+        inside = ndimage.binary_erosion(fit_sub, iterations=2)
+        outside = ndimage.distance_transform_edt(~fit_sub, sampling=ct.spacing_mm) > (
+            _FEMUR_MARGIN_MM
+        )
+        heights = fit.meshes[n].vertices_lps_mm[:, 2]
+        below = np.broadcast_to(z, ct.shape)[box] < float(heights.min() + 0.5 * np.ptp(heights))
+        markers = np.zeros(sub.shape, np.int32)
+        markers[sub & inside] = 1
+        markers[sub & outside & below] = 2
+        if (markers == 2).sum() * ct.voxel_volume_mm3 < 2000.0 or not (markers == 1).any():
+            continue
+        depth = ndimage.distance_transform_edt(sub, sampling=ct.spacing_mm)
+        regions = watershed(-depth, markers, mask=sub)
+        new_hip, new_femur = np.zeros_like(hip), np.zeros_like(hip)
+        new_hip[box], new_femur[box] = regions == 1, regions == 2
+        out[f"ilium_{side}"], out[f"femur_{side}"] = new_hip, new_femur
     return replace(split, **out)
 
 

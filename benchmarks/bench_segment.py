@@ -1,0 +1,89 @@
+"""Time ``segment_pelvis`` on a phantom CT of at least 512x512x300 and report peak memory.
+
+Run::
+
+    python benchmarks/bench_segment.py [--workdir DIR]
+
+Goal: under 20 s on 2 cores and under 3 GB peak memory. The CT is built once (cached in
+``--workdir``) and segmented in a fresh subprocess, whose peak resident memory
+(``ru_maxrss``, interpreter and imports included) is reported with the time of each step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MIN_SHAPE = (300, 512, 512)
+PHANTOM_GRID = {"pixel_spacing_mm": 0.7, "slice_spacing_mm": 0.8}
+
+
+def build(workdir: Path) -> Path:
+    """The prone phantom as NIfTI (cached)."""
+    path = workdir / "phantom_0.7x0.8.nii.gz"
+    if path.exists():
+        return path
+    from bmbx_phantoms import make_phantom
+    from bmbx_plan.io.export import write_volume
+
+    phantom = make_phantom(seed=0, position="HFP", **PHANTOM_GRID)
+    if any(n < m for n, m in zip(phantom.ct.shape, MIN_SHAPE, strict=True)):
+        raise RuntimeError(f"phantom grid {phantom.ct.shape} is smaller than {MIN_SHAPE}")
+    write_volume(phantom.ct, path)
+    return path
+
+
+def run(path: Path) -> dict[str, object]:
+    """Segment in this process; time each step."""
+    from bmbx_plan import load_ct, segment_pelvis
+
+    ct = load_ct(path)
+    steps: list[tuple[str, float]] = []
+    start = time.perf_counter()
+    segment_pelvis(ct, progress=lambda name: steps.append((name, time.perf_counter())))
+    end = time.perf_counter()
+    marks = [*steps, ("end", end)]
+    per_step = {name: marks[n + 1][1] - t for n, (name, t) in enumerate(steps)}
+    return {
+        "shape": list(ct.shape),
+        "seconds": end - start,
+        "steps": per_step,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--run", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run:
+        print(json.dumps(run(args.run)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        path = build(workdir)
+        out = subprocess.run(
+            [sys.executable, __file__, "--run", str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        result = json.loads(out.stdout)
+        print(f"segment_pelvis on {tuple(result['shape'])} voxels (k, j, i)")
+        print(f"{'step':<36} {'seconds':>8}")
+        for name, seconds in result["steps"].items():
+            print(f"{name:<36} {seconds:8.2f}")
+        print(f"{'total':<36} {result['seconds']:8.2f}   (goal < 20 s)")
+        print(f"{'peak RSS MiB':<36} {result['peak_rss_mib']:8.0f}   (goal < 3072)")
+
+
+if __name__ == "__main__":
+    main()
