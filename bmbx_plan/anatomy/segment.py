@@ -52,6 +52,8 @@ LABELS: dict[str, int] = {
 _MAX_FIT_RMS_MM = 5.0
 # Bone of a side farther than this outside the fitted hip bone seeds the femur.
 _FEMUR_MARGIN_MM = 6.0
+# Voxels this deep inside a fitted bone (in voxels) take its label as a watershed seed.
+_FIT_TRUST_VOXELS = 3
 # Keep-out region around the apex of each greater sciatic notch (superior gluteal
 # vessels, sciatic nerve): the planner keeps the core at least 10 mm away; this region
 # marks where the neurovascular bundle runs.
@@ -197,6 +199,40 @@ def _refine_femurs(split: PelvisBones, fit: ShapeFit, ct: Volume) -> PelvisBones
     return replace(split, **out)
 
 
+def _reconcile_with_fit(split: PelvisBones, fit: ShapeFit, ct: Volume) -> PelvisBones:
+    """Re-decide the bone where the first pass and the fitted model disagree.
+
+    Where the first pass and the fitted hip bones and sacrum agree, the label stands and
+    seeds a watershed on the depth below the bone surface; the voxels where they
+    disagree (e.g. sacral marrow that flooded into a hip bone through a fatty, partly
+    fused SI joint) go to the bone they connect to through the thickest bone.
+    """
+    names = ("ilium_left", "ilium_right", "sacrum")
+    region = split.ilium_left | split.ilium_right | split.sacrum
+    fitted = [voxelize(mesh, ct) for mesh in fit.meshes]
+    if not region.any():
+        return split
+    box = bounding_box(region, 2)
+    sub = region[box]
+    markers = np.zeros(sub.shape, np.int32)
+    for value, (name, model) in enumerate(zip(names, fitted, strict=True), start=1):
+        # Deep inside the fitted bone the model decides; near its surface (where the
+        # model is a few mm off) only where the first pass agrees.
+        deep = sub & ndimage.binary_erosion(model[box], iterations=_FIT_TRUST_VOXELS)
+        agree = getattr(split, name)[box] & ndimage.binary_erosion(model[box])
+        markers[(deep | agree) & (markers == 0)] = value
+    if any(not (markers == v).any() for v in (1, 2, 3)):
+        return split
+    depth = ndimage.distance_transform_edt(sub, sampling=ct.spacing_mm)
+    regions = watershed(-depth, markers, mask=sub)
+    masks = []
+    for value in range(1, len(names) + 1):
+        mask = np.zeros(ct.shape, bool)
+        mask[box] = regions == value
+        masks.append(mask)
+    return replace(split, ilium_left=masks[0], ilium_right=masks[1], sacrum=masks[2])
+
+
 def _lps_z(ct: Volume) -> NDArray[np.float64]:
     row = ct.affine_lps[2]
     k, j, i = (np.arange(n, dtype=np.float64) for n in ct.shape)
@@ -275,7 +311,7 @@ def segment_pelvis(
             f"match a pelvis (shape model residual {fit.rms_mm:.1f} mm); {span}",
         )
     notes.extend(fit.notes)
-    split = _refine_femurs(split, fit, ct)
+    split = _reconcile_with_fit(_refine_femurs(split, fit, ct), fit, ct)
     parts = {
         "ilium_left": split.ilium_left,
         "ilium_right": split.ilium_right,
