@@ -202,3 +202,18 @@ def test_segment_command_refuses_without_writing(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     assert "z = " in result.stderr
     assert not out.exists()
+
+
+def test_si_joint_and_notch_keep_out_zones(segmented: list) -> None:
+    for ph, labels, anatomy in segmented:
+        for side in ("left", "right"):
+            joint = anatomy.mask(f"si_joint_{side}")
+            truth = labels.array == TRUTH_LABELS[f"si_joint_{side}"]
+            # Most of the segmented cleft is the true cleft (the rest is a voxel of
+            # partial volume beside it).
+            assert joint.sum() > 0
+            assert (joint & truth).sum() / joint.sum() > 0.6, (ph.truth["seed"], side)
+            notch = anatomy.mask(f"sciatic_notch_{side}")
+            points = anatomy.labels.index_to_lps(np.argwhere(notch))
+            apex = anatomy.landmarks_lps_mm[f"sciatic_notch_apex_{side}"]
+            assert np.linalg.norm(points - apex, axis=1).max() <= 10.0 + 1.5

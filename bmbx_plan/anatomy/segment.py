@@ -121,16 +121,22 @@ def _z_range(ct: Volume) -> tuple[float, float]:
     return float(bounds[0, 2]), float(bounds[1, 2])
 
 
-def _near(mask: Mask, spacing: NDArray[np.float64], reach_mm: float) -> Mask:
-    """Voxels within ``reach_mm`` of ``mask`` (computed in the mask's padded box)."""
-    where = [np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != n)))[0] for n in range(3)]
-    if any(w.size == 0 for w in where):
+def _near(
+    mask: Mask, spacing: NDArray[np.float64], reach_mm: float, *, within: Mask | None = None
+) -> Mask:
+    """Voxels within ``reach_mm`` of ``mask`` (computed in the mask's padded box; with
+    ``within``, only the answer inside ``within``'s bounding box is needed)."""
+    pad = int(np.ceil(reach_mm / float(spacing.min()))) + 1
+    if within is not None:
+        if not within.any():
+            return np.zeros_like(mask)
+        region = bounding_box(within, pad)
+        clipped = np.zeros_like(mask)
+        clipped[region] = mask[region]
+        mask = clipped
+    if not mask.any():
         return np.zeros_like(mask)
-    pad = [int(np.ceil(reach_mm / s)) + 1 for s in spacing]
-    box = tuple(
-        slice(max(int(w.min()) - p, 0), int(w.max()) + p + 1)
-        for w, p in zip(where, pad, strict=True)
-    )
+    box = bounding_box(mask, pad)
     out = np.zeros_like(mask)
     out[box] = ndimage.distance_transform_edt(~mask[box], sampling=spacing) <= reach_mm
     return out
@@ -333,7 +339,8 @@ def segment_pelvis(
     near_sacrum = _near(split.sacrum, ct.spacing_mm, _SI_JOINT_REACH_MM)
     for side in ("left", "right"):
         ilium = parts[f"ilium_{side}"]
-        joint = near_sacrum & _near(ilium, ct.spacing_mm, _SI_JOINT_REACH_MM) & ~any_bone
+        near_ilium = _near(ilium, ct.spacing_mm, _SI_JOINT_REACH_MM, within=near_sacrum)
+        joint = near_sacrum & near_ilium & ~any_bone
         labels[joint] = LABELS[f"si_joint_{side}"]
         apex = landmarks[f"sciatic_notch_apex_{side}"]
         index = np.rint(ct.lps_to_index([apex])[0]).astype(int)
