@@ -54,6 +54,8 @@ _MAX_FIT_RMS_MM = 5.0
 _FEMUR_MARGIN_MM = 6.0
 # Voxels this deep inside a fitted bone (in voxels) take its label as a watershed seed.
 _FIT_TRUST_VOXELS = 3
+# Missed sacral marrow is added only this close to the segmented sacrum.
+_SACRUM_COMPLETION_MM = 8.0
 # Keep-out region around the apex of each greater sciatic notch (superior gluteal
 # vessels, sciatic nerve): the planner keeps the core at least 10 mm away; this region
 # marks where the neurovascular bundle runs.
@@ -239,6 +241,24 @@ def _reconcile_with_fit(split: PelvisBones, fit: ShapeFit, ct: Volume) -> Pelvis
     return replace(split, ilium_left=masks[0], ilium_right=masks[1], sacrum=masks[2])
 
 
+def _complete_sacrum(split: PelvisBones, fit: ShapeFit, ct: Volume) -> PelvisBones:
+    """Add sacral marrow the shell fill missed.
+
+    The sacrum leaks through its foramina and a thin anterior cortex, so fatty sacral
+    marrow can stay outside the bone mask. The fitted sacrum says where the bone is:
+    voxels well inside it (3 voxels), next to the segmented sacrum and claimed by no
+    other bone, are sacrum.
+    """
+    fitted = voxelize(fit.meshes[2], ct)
+    if not fitted.any() or not split.sacrum.any():
+        return split
+    inner = ndimage.binary_erosion(fitted, iterations=_FIT_TRUST_VOXELS)
+    others = (split.ilium_left | split.ilium_right | split.lumbar_spine | split.femur_left
+              | split.femur_right)
+    near = _near(split.sacrum, ct.spacing_mm, _SACRUM_COMPLETION_MM, within=inner)
+    return replace(split, sacrum=split.sacrum | (inner & near & ~others))
+
+
 def _lps_z(ct: Volume) -> NDArray[np.float64]:
     row = ct.affine_lps[2]
     k, j, i = (np.arange(n, dtype=np.float64) for n in ct.shape)
@@ -318,6 +338,7 @@ def segment_pelvis(
         )
     notes.extend(fit.notes)
     split = _reconcile_with_fit(_refine_femurs(split, fit, ct), fit, ct)
+    split = _complete_sacrum(split, fit, ct)
     parts = {
         "ilium_left": split.ilium_left,
         "ilium_right": split.ilium_right,
