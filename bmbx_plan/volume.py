@@ -208,6 +208,29 @@ class Volume:
         """``(N, 3)`` LPS points (mm) to fractional indices ``(k, j, i)``."""
         return geometry.lps_to_index(self.affine_lps, points_lps_mm)
 
+    def lps_coordinate(
+        self, lps_axis: int, box: tuple[slice, ...] | None = None
+    ) -> NDArray[np.float64]:
+        """LPS coordinate ``lps_axis`` (0 = x, 1 = y, 2 = z; mm) of every voxel, as a
+        broadcastable ``(K, J, I)``-compatible array (of the voxels in ``box`` if given).
+
+        >>> vol = Volume.from_components(np.zeros((2, 3, 4)), spacing_mm=(2.0, 1.0, 0.5))
+        >>> vol.lps_coordinate(2)[:, 0, 0]
+        array([0., 2.])
+        """
+        full = tuple(slice(0, n) for n in self.shape)
+        k, j, i = (
+            np.arange(s.start or 0, s.stop, dtype=np.float64)
+            for s in (box if box is not None else full)
+        )
+        row = self.affine_lps[lps_axis]
+        return np.asarray(
+            row[0] * k[:, None, None]
+            + row[1] * j[None, :, None]
+            + row[2] * i[None, None, :]
+            + row[3]
+        )
+
     def corners_lps_mm(self) -> NDArray[np.float64]:
         """The eight outer voxel centres in LPS mm, shape ``(8, 3)``."""
         k, j, i = (np.array([0, n - 1]) for n in self.shape)

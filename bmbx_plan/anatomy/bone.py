@@ -111,20 +111,7 @@ def _posterior_midline(shell: Mask, ct: Volume, box: tuple[slice, ...]) -> Mask:
     sample = index[:: max(len(index) // 20000, 1)] + origin
     points = ct.index_to_lps(sample)
     mid_x, mid_y = float(np.median(points[:, 0])), float(np.median(points[:, 1]))
-    k, j, i = (np.arange(s.start, s.stop, dtype=np.float64) for s in box)
-    a = ct.affine_lps
-    x = (
-        a[0, 0] * k[:, None, None]
-        + a[0, 1] * j[None, :, None]
-        + a[0, 2] * i[None, None, :]
-        + a[0, 3]
-    )
-    y = (
-        a[1, 0] * k[:, None, None]
-        + a[1, 1] * j[None, :, None]
-        + a[1, 2] * i[None, None, :]
-        + a[1, 3]
-    )
+    x, y = ct.lps_coordinate(0, box), ct.lps_coordinate(1, box)
     return np.asarray((np.abs(x - mid_x) < _SACRUM_HALF_WIDTH_MM) & (y > mid_y))
 
 

@@ -52,20 +52,6 @@ class PelvisBones:
     notes: tuple[str, ...]
 
 
-def _lps_coordinate(
-    ct: Volume, axis: int, box: tuple[slice, ...], origin_lps_mm: NDArray[np.float64]
-) -> NDArray[np.float64]:
-    """Broadcastable LPS coordinate ``axis`` (0=x, 1=y, 2=z) of the voxels in ``box``."""
-    row = ct.affine_lps[axis, :3]
-    k, j, i = (np.arange(s.stop - s.start, dtype=np.float64) for s in box)
-    return (
-        row[0] * k[:, None, None]
-        + row[1] * j[None, :, None]
-        + row[2] * i[None, None, :]
-        + origin_lps_mm[axis]
-    )
-
-
 def _drop_small(mask: Mask, min_voxels: float) -> Mask:
     labels, count = ndimage.label(mask)
     if count == 0:
@@ -102,8 +88,7 @@ def split_pelvis(bone: Mask, ct: Volume, *, bone_threshold_hu: float) -> PelvisB
     box = bounding_box(bone, 2)
     sub = bone[box]
     hu = np.asarray(ct.array)[box]
-    origin = ct.index_to_lps([[s.start for s in box]])[0]
-    x, y, z = (_lps_coordinate(ct, axis, box, origin) for axis in range(3))
+    x, y, z = (ct.lps_coordinate(axis, box) for axis in range(3))
     midline = float(np.median(np.broadcast_to(x, sub.shape)[sub]))
     dx = x - midline
     posterior = y > float(np.median(np.broadcast_to(y, sub.shape)[sub]))

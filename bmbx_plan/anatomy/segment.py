@@ -177,7 +177,7 @@ def _refine_femurs(split: PelvisBones, fit: ShapeFit, ct: Volume) -> PelvisBones
     fitted hip bone (and below its acetabulum) seeds the femur, the fitted hip bone seeds
     the hip, and a watershed on the depth below the bone surface cuts at the joint."""
     out = {}
-    z = _lps_z(ct)
+    z = ct.lps_coordinate(2)
     for n, side in enumerate(("left", "right")):
         hip, femur = getattr(split, f"ilium_{side}"), getattr(split, f"femur_{side}")
         out[f"ilium_{side}"], out[f"femur_{side}"] = hip, femur
@@ -253,18 +253,15 @@ def _complete_sacrum(split: PelvisBones, fit: ShapeFit, ct: Volume) -> PelvisBon
     if not fitted.any() or not split.sacrum.any():
         return split
     inner = ndimage.binary_erosion(fitted, iterations=_FIT_TRUST_VOXELS)
-    others = (split.ilium_left | split.ilium_right | split.lumbar_spine | split.femur_left
-              | split.femur_right)
+    others = (
+        split.ilium_left
+        | split.ilium_right
+        | split.lumbar_spine
+        | split.femur_left
+        | split.femur_right
+    )
     near = _near(split.sacrum, ct.spacing_mm, _SACRUM_COMPLETION_MM, within=inner)
     return replace(split, sacrum=split.sacrum | (inner & near & ~others))
-
-
-def _lps_z(ct: Volume) -> NDArray[np.float64]:
-    row = ct.affine_lps[2]
-    k, j, i = (np.arange(n, dtype=np.float64) for n in ct.shape)
-    return (
-        row[0] * k[:, None, None] + row[1] * j[None, :, None] + row[2] * i[None, None, :] + row[3]
-    )
 
 
 def segment_pelvis(
