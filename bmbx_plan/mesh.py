@@ -148,6 +148,24 @@ class Mesh:
             )
         return Mesh(vertices, self.faces)
 
+    def vertex_normals(self) -> NDArray[np.float64]:
+        """Outward unit normals at the vertices (area-weighted mean of the face normals),
+        shape ``(N, 3)``; triangles wound inward (negative volume) are accounted for."""
+        tri = self.vertices_lps_mm[self.faces]
+        face_normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+        normals = np.zeros_like(self.vertices_lps_mm)
+        for axis in range(3):
+            normals[:, axis] = sum(
+                np.bincount(
+                    self.faces[:, c], weights=face_normals[:, axis], minlength=self.n_vertices
+                )
+                for c in range(3)
+            )
+        if self.volume_mm3() < 0:
+            normals = -normals
+        length = np.linalg.norm(normals, axis=1, keepdims=True)
+        return np.asarray(normals / np.where(length > 0, length, 1.0))
+
     def transformed(self, matrix: ArrayLike) -> Mesh:
         """Apply a 4x4 affine (LPS mm -> LPS mm) to the vertices.
 

@@ -768,18 +768,8 @@ def _vertex_normals(
     vertices: NDArray[np.float64], faces: Sequence[NDArray[np.int64]]
 ) -> NDArray[np.float64]:
     """Unit vertex normals (area-weighted face normals) of each bone, shape (3, N, 3)."""
-    out = np.zeros_like(vertices)
-    for b, tri in enumerate(faces):
-        corner = vertices[b][tri]  # (F, 3 corners, 3)
-        face_normal = np.cross(corner[:, 1] - corner[:, 0], corner[:, 2] - corner[:, 0])
-        for axis in range(3):
-            out[b, :, axis] = sum(
-                np.bincount(tri[:, c], weights=face_normal[:, axis], minlength=len(out[b]))
-                for c in range(3)
-            )
-    # Orientation does not matter: normals only define the tangent plane of a pair.
-    length = np.linalg.norm(out, axis=-1, keepdims=True)
-    return out / np.where(length > 0, length, 1.0)
+    # Orientation does not matter here: normals only define the tangent plane of a pair.
+    return np.stack([Mesh(v, f).vertex_normals() for v, f in zip(vertices, faces, strict=True)])
 
 
 def _small_transform(

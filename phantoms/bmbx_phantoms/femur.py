@@ -32,7 +32,6 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from bmbx_phantoms.grid import SceneGrid, bbox_slices
-from bmbx_phantoms.pose import vertex_normals
 from bmbx_plan.mesh import Mesh
 
 __all__ = [
@@ -136,7 +135,7 @@ def acetabulum(hip: Mesh, *, aiis_lps_mm: Point, side: str) -> tuple[Point, floa
     if side not in ("left", "right"):
         raise ValueError(f"side must be 'left' or 'right', got {side!r}")
     aiis = np.asarray(aiis_lps_mm, dtype=np.float64).reshape(3)
-    normals = vertex_normals(hip)
+    normals = hip.vertex_normals()
     near = np.linalg.norm(hip.vertices_lps_mm - aiis, axis=1) <= _SEARCH_MM
     verts, normals = hip.vertices_lps_mm[near], normals[near]
     if len(verts) < _MIN_CUP_VERTICES:

@@ -9,7 +9,7 @@ from scipy.spatial import cKDTree
 from bmbx_phantoms.atlas import PelvisShape, transformed
 from bmbx_plan.mesh import Mesh
 
-__all__ = ["pose_shape", "rotation_matrix", "thin_posterior_wing", "vertex_normals"]
+__all__ = ["pose_shape", "rotation_matrix", "thin_posterior_wing"]
 
 # The thinned region: full effect within the inner radius of the PSIS, fading to none at
 # the outer radius (about the posterior half of the wing the planner samples).
@@ -38,21 +38,6 @@ def _about(matrix: NDArray[np.float64], centre: NDArray[np.float64]) -> NDArray[
     return out
 
 
-def vertex_normals(mesh: Mesh) -> NDArray[np.float64]:
-    """Outward unit normals at the vertices (area-weighted mean of the face normals)."""
-    verts, faces = mesh.vertices_lps_mm, mesh.faces
-    tri = verts[faces]
-    face_normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    normals = np.zeros_like(verts)
-    for corner in range(3):
-        np.add.at(normals, faces[:, corner], face_normals)
-    signed_volume = float(np.einsum("ij,ij->", tri[:, 0], face_normals)) / 6.0
-    if signed_volume < 0:  # triangles wound inward
-        normals = -normals
-    length = np.linalg.norm(normals, axis=1, keepdims=True)
-    return normals / np.where(length > 0, length, 1.0)
-
-
 def thin_posterior_wing(
     hip: Mesh, psis_lps_mm: NDArray[np.float64], scale: float, *, sacrum: Mesh
 ) -> Mesh:
@@ -66,7 +51,7 @@ def thin_posterior_wing(
     if scale == 1.0:
         return hip
     verts = hip.vertices_lps_mm
-    normals = vertex_normals(hip)
+    normals = hip.vertex_normals()
     weight = np.clip(
         (_WING_OUTER_MM - np.linalg.norm(verts - psis_lps_mm, axis=1))
         / (_WING_OUTER_MM - _WING_INNER_MM),
