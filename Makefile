@@ -19,7 +19,7 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[test,dev]"
 
 demo: install
-	$(BIN)/bmbx-plan phantom --out out/phantom --overwrite
+	$(BIN)/bmbx-plan demo --out out/demo --overwrite
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -21,7 +21,7 @@ from bmbx_plan.io.outdir import OutputExistsError
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_NO_SAFE_TRAJECTORY = 0, 1, 2, 3
 
 
 class _Reporter:
@@ -150,6 +150,125 @@ def _cmd_info(args: argparse.Namespace, out: _Reporter) -> int:
     return EXIT_OK
 
 
+def _point(text: str, option: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 3:
+        raise _UsageError(f"{option} must be three numbers X,Y,Z (LPS mm), got {text!r}")
+    return values
+
+
+def _planning_parameters(args: argparse.Namespace) -> Any:
+    from bmbx_plan.planning import Needle, PlanningParameters
+    from bmbx_plan.planning.parameters import needle_named
+
+    try:
+        needle = needle_named(args.needle)
+        if args.needle_length_mm is not None:
+            needle = Needle(
+                f"{needle.name} ({args.needle_length_mm:g} mm usable)",
+                needle.outer_diameter_mm,
+                args.needle_length_mm,
+            )
+        margins = {}
+        if args.margin_mm is not None:
+            margins = {name: args.margin_mm for name in ("vessels", "bowel", "bladder")}
+        return PlanningParameters(
+            needle=needle,
+            core_length_mm=args.core_length_mm,
+            min_core_length_mm=args.min_core_length_mm,
+            in_plane_only=args.in_plane,
+        ).with_overrides(margins_mm=margins)
+    except ValueError as exc:
+        raise _UsageError(f"{args.command}: {exc}") from None
+
+
+def _segmented(args: argparse.Namespace, out: _Reporter) -> Any:
+    from bmbx_plan.anatomy import segment_pelvis
+
+    with out.task(f"Loading {args.input}"):
+        ct = load_ct(args.input, series_uid=args.series)
+    with out.task("Segmenting the pelvis") as step:
+        return segment_pelvis(ct, masks=args.masks, progress=step)
+
+
+def _print_plan(plan: Any) -> None:
+    print(f"{plan.side.value}: {plan.status}")
+    for reason in plan.reasons:
+        print(f"  {reason}")
+    if plan.trajectory is not None:
+        for key, value in plan.trajectory.to_json().items():
+            print(f"  {key:20s} {', '.join(f'{v:.1f}' for v in value)}")
+
+
+def _cmd_plan(args: argparse.Namespace, out: _Reporter) -> int:
+    from bmbx_plan.planning import plan_trajectory
+    from bmbx_plan.planning.planfile import write_plans
+
+    parameters = _planning_parameters(args)
+    anatomy = _segmented(args, out)
+    with out.task("Planning") as step:
+        result = plan_trajectory(
+            anatomy,
+            side=args.side,
+            parameters=parameters,
+            cross_check=not args.no_cross_check,
+            progress=step,
+        )
+        step("writing")
+        written = write_plans(result, args.out, overwrite=args.overwrite)
+    for plan in result.plans:
+        _print_plan(plan)
+    for key, path in written.items():
+        print(f"  {key:12s} {path}")
+    return EXIT_OK if result.feasible else EXIT_NO_SAFE_TRAJECTORY
+
+
+def _cmd_check(args: argparse.Namespace, out: _Reporter) -> int:
+    from bmbx_plan.planning import Planner, PlanSet
+    from bmbx_plan.planning.planfile import write_plans
+
+    entry = _point(args.entry, "--entry")
+    target = _point(args.target, "--target")
+    if entry == target:
+        raise _UsageError("check: --entry and --target are the same point")
+    parameters = _planning_parameters(args)
+    anatomy = _segmented(args, out)
+    with out.task("Checking"):
+        plan = Planner(anatomy, parameters).check(args.side, entry, target, cross_check=True)
+        result = PlanSet.of((plan,), parameters, anatomy)
+        written = write_plans(result, args.out, json_name="check.json", overwrite=args.overwrite)
+    _print_plan(plan)
+    for key, path in written.items():
+        print(f"  {key:12s} {path}")
+    return EXIT_OK if plan.feasible else EXIT_NO_SAFE_TRAJECTORY
+
+
+def _cmd_demo(args: argparse.Namespace, out: _Reporter) -> int:
+    from bmbx_phantoms import make_phantom, write_phantom
+    from bmbx_plan.anatomy import segment_pelvis
+    from bmbx_plan.planning import plan_trajectory
+    from bmbx_plan.planning.planfile import write_plans
+
+    target = Path(args.out)
+    with out.task("Building the demo phantom (seed 0, prone HFP)") as step:
+        phantom = make_phantom(seed=0, position="HFP", progress=step)
+        write_phantom(phantom, target / "phantom", overwrite=args.overwrite)
+    with out.task("Loading its DICOM series"):
+        ct = load_ct(target / "phantom" / "dicom")
+    with out.task("Segmenting and planning both sides") as step:
+        anatomy = segment_pelvis(ct, progress=step)
+        result = plan_trajectory(anatomy, side="both", progress=step)
+        written = write_plans(result, target / "plan", overwrite=args.overwrite)
+    for plan in result.plans:
+        _print_plan(plan)
+    for key, path in written.items():
+        print(f"  {key:12s} {path}")
+    return EXIT_OK
+
+
 class _UsageError(Exception):
     """Wrong command-line usage (exit 2 like argparse)."""
 
@@ -206,6 +325,39 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("input", type=Path, help="DICOM folder or file, NIfTI, NRRD or MHA")
     info.add_argument("--series", help="SeriesInstanceUID to load from a folder with several")
     info.set_defaults(run=_cmd_info)
+
+    def planning_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("input", type=Path, help="DICOM folder or file, NIfTI, NRRD or MHA")
+        command.add_argument("--out", type=Path, required=True, help="output folder")
+        command.add_argument("--series", help="SeriesInstanceUID to load from a folder")
+        command.add_argument("--needle", default="11G-100", help="11G-100, 11G-150 or 8G-100")
+        command.add_argument("--needle-length-mm", type=float, help="usable needle length")
+        command.add_argument("--core-length-mm", type=float, default=25.0)
+        command.add_argument("--min-core-length-mm", type=float, default=20.0)
+        command.add_argument(
+            "--margin-mm", type=float, help="clearance to vessels, bowel and bladder (5)"
+        )
+        command.add_argument("--in-plane", action="store_true", help="axial-plane paths only")
+        command.add_argument("--masks", type=Path, help="TotalSegmentator output to import")
+        command.add_argument("--overwrite", action="store_true", help="replace files in --out")
+
+    pl = sub.add_parser("plan", parents=[common], help="propose the safest biopsy trajectory")
+    planning_options(pl)
+    pl.add_argument("--side", default="both", choices=["left", "right", "both"])
+    pl.add_argument("--no-cross-check", action="store_true", help="skip the independent check")
+    pl.set_defaults(run=_cmd_plan)
+
+    ck = sub.add_parser("check", parents=[common], help="check a given trajectory")
+    planning_options(ck)
+    ck.add_argument("--side", required=True, choices=["left", "right"])
+    ck.add_argument("--entry", required=True, help="skin entry X,Y,Z (LPS mm)")
+    ck.add_argument("--target", required=True, help="core end X,Y,Z (LPS mm)")
+    ck.set_defaults(run=_cmd_check)
+
+    dm = sub.add_parser("demo", parents=[common], help="phantom, plan of both sides, report")
+    dm.add_argument("--out", type=Path, default=Path("out/demo"))
+    dm.add_argument("--overwrite", action="store_true", help="replace files in --out")
+    dm.set_defaults(run=_cmd_demo)
     return parser
 
 

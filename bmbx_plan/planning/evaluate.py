@@ -1,0 +1,237 @@
+"""Vectorised evaluation of many trajectories against one side's planning maps.
+
+A trajectory is given by its cortex entry ``C`` and unit direction ``d`` (skin toward
+tip). The needle runs from the skin entry ``C - t_skin d`` through ``C`` to the core
+start ``C + seat d`` and the core end ``C + (seat + L) d``. Every quantity is read off the
+maps of :mod:`bmbx_plan.planning.fields` at points sampled along the needle axis; the
+needle's radius is subtracted from every distance, so clearances are measured from the
+needle surface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from bmbx_plan.geometry import axial_and_craniocaudal_angles_deg
+from bmbx_plan.planning.fields import BLOCKED_MM, SideFields
+from bmbx_plan.planning.parameters import PlanningParameters
+
+__all__ = ["CORE_STEP_MM", "PATH_STEP_MM", "Evaluation", "evaluate"]
+
+FloatArray = NDArray[np.float64]
+
+#: Sampling step along the soft-tissue path and along the needle inside bone (mm). The
+#: maps are distances, which change by at most one mm per mm: a step of h can miss at
+#: most h/2 of clearance between samples.
+PATH_STEP_MM = 1.0
+CORE_STEP_MM = 0.5
+# Close to the cortex entry the needle axis is only just outside the bone; from this far
+# back it must clear the ilium by a growing share of its distance from the entry, and by
+# the needle radius once that is reached (the shaft must not graze the crest or the
+# tuberosity on its way in).
+_ENTRY_ZONE_MM = 2.0
+_CLEAR_SLOPE = 0.4
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Per-trajectory results of :func:`evaluate` (arrays of length N)."""
+
+    cortex_entry: FloatArray  # (N, 3)
+    direction: FloatArray  # (N, 3)
+    skin_to_cortex_mm: FloatArray  # a lower bound when no skin is within reach
+    core_length_mm: FloatArray
+    path_blocked_mm: FloatArray  # length of soft-tissue path through anything not crossable
+    path_clearance_mm: FloatArray  # smallest slack beyond the margins on the path
+    core_clearance_mm: FloatArray  # needle surface to the ilium's outer boundary
+    core_marrow_fraction: FloatArray
+    notch_distance_mm: FloatArray  # needle surface (in bone) to the notch apex
+    si_distance_mm: FloatArray  # needle surface (whole needle) to the SI joint or sacrum
+    incidence_deg: FloatArray
+    axial_deg: FloatArray
+    craniocaudal_deg: FloatArray
+    longest_safe_core_mm: FloatArray  # longest core prefix that keeps every margin
+
+    @property
+    def count(self) -> int:
+        """Number of trajectories."""
+        return len(self.core_length_mm)
+
+    def total_depth_mm(self, parameters: PlanningParameters) -> FloatArray:
+        """Skin entry to core end."""
+        return self.skin_to_cortex_mm + parameters.seat_depth_mm + self.core_length_mm
+
+    def skin_entry(self) -> FloatArray:
+        """Skin entry points (N, 3)."""
+        return self.cortex_entry - self.skin_to_cortex_mm[:, None] * self.direction
+
+    def take(self, index: NDArray[np.intp] | slice) -> Evaluation:
+        """The rows ``index``."""
+        return Evaluation(**{k: v[index] for k, v in self.__dict__.items()})
+
+    @staticmethod
+    def concatenate(parts: list[Evaluation]) -> Evaluation:
+        """Rows of several evaluations, in order."""
+        keys = parts[0].__dict__
+        return Evaluation(**{k: np.concatenate([p.__dict__[k] for p in parts]) for k in keys})
+
+
+def _sample(field: NDArray[np.generic], flat: NDArray[np.intp]) -> NDArray[np.generic]:
+    return field.reshape(-1)[flat]
+
+
+def evaluate(
+    fields: SideFields,
+    parameters: PlanningParameters,
+    cortex_entry: FloatArray,
+    direction: FloatArray,
+    *,
+    core_length_mm: float | FloatArray | None = None,
+    skin_to_cortex_mm: FloatArray | None = None,
+    reserve_mm: float = 0.0,
+) -> Evaluation:
+    """Evaluate N trajectories at once.
+
+    Parameters
+    ----------
+    fields : SideFields
+    parameters : PlanningParameters
+    cortex_entry : (N, 3) ndarray
+        Where each needle meets the outer surface of the ilium (LPS mm).
+    direction : (N, 3) ndarray
+        Unit directions, skin toward tip.
+    core_length_mm : float or (N,) ndarray, optional
+        Fixed core lengths. By default each trajectory gets the longest core up to
+        ``parameters.core_length_mm`` that keeps every core margin, but at least
+        ``parameters.min_core_length_mm`` (a shorter safe core fails the core checks).
+    skin_to_cortex_mm : (N,) ndarray, optional
+        Given skin entries (the checker); by default the skin is where the path, walked
+        back from the cortex entry, leaves the body.
+    reserve_mm : float
+        The default core length keeps every core margin with this reserve.
+
+    Returns
+    -------
+    Evaluation
+    """
+    c = np.asarray(cortex_entry, np.float64).reshape(-1, 3)
+    d = np.asarray(direction, np.float64).reshape(-1, 3)
+    d = d / np.linalg.norm(d, axis=1, keepdims=True)
+    n = len(c)
+    r = parameters.needle.radius_mm
+    seat = parameters.seat_depth_mm
+    margins = parameters.margins_mm
+
+    # --- soft-tissue path, walked back from the cortex entry --------------------------
+    if skin_to_cortex_mm is None:
+        reach = parameters.needle.usable_length_mm - seat - parameters.min_core_length_mm
+    else:
+        reach = float(np.nanmax(skin_to_cortex_mm)) if n else 0.0
+    steps = max(int(np.ceil(reach / PATH_STEP_MM)), 1)
+    t = PATH_STEP_MM * np.arange(1, steps + 1, dtype=np.float32)
+    c32, d32 = c.astype(np.float32), d.astype(np.float32)
+    points = c32[:, None, :] - t[None, :, None] * d32[:, None, :]
+    flat, on_grid = fields.lookup(points)
+    inside = _sample(fields.inside, flat) & on_grid
+    if skin_to_cortex_mm is None:
+        outside = ~inside
+        found = outside.any(axis=1)
+        first_out = np.argmax(outside, axis=1)
+        # the skin lies between the last sample inside and the first outside; a path
+        # that stays inside is at least as long as it was followed
+        skin = np.where(found, t[first_out] - 0.5 * PATH_STEP_MM, t[-1] + 0.5 * PATH_STEP_MM)
+        before = np.arange(steps)[None, :] < np.where(found, first_out, steps)[:, None]
+    else:
+        skin = np.asarray(skin_to_cortex_mm, np.float64).reshape(n)
+        before = t[None, :] < skin[:, None]
+    slack = np.where(on_grid, _sample(fields.path_slack_mm, flat), BLOCKED_MM)
+    depth = _sample(fields.ilium_depth_mm, flat)
+    # the needle axis must leave the target ilium behind at once, its surface by the
+    # needle radius further back
+    normal = fields.normal_lps.reshape(-1, 3)[fields.lookup(c32)[0]]
+    cos_inc = np.clip(-np.sum(normal * d32, axis=1), 0.0, 1.0)
+    required = np.minimum(r, _CLEAR_SLOPE * t[None, :] * cos_inc[:, None])
+    regrazes = (depth > -required) & (t[None, :] >= _ENTRY_ZONE_MM)
+    blocked = before & ((slack <= BLOCKED_MM) | regrazes)
+    path_blocked = blocked.sum(axis=1) * PATH_STEP_MM
+    free = before & ~blocked
+    path_clearance = np.where(free, slack, np.inf).min(axis=1) - r
+    path_si = np.where(before, _sample(fields.si_distance_mm, flat), np.inf).min(axis=1)
+
+    # --- needle in bone: cortex entry to the end of the longest core ------------------
+    longest = float(parameters.core_length_mm)
+    tb = np.arange(0.0, seat + longest + 1e-6, CORE_STEP_MM, dtype=np.float32)
+    bone_points = c32[:, None, :] + tb[None, :, None] * d32[:, None, :]
+    bflat, bon = fields.lookup(bone_points)
+    core_depth = np.where(bon, _sample(fields.ilium_depth_mm, bflat), -1e3)
+    core_marrow = _sample(fields.marrow, bflat) & bon
+    core_si = np.where(bon, _sample(fields.si_distance_mm, bflat), 0.0)
+    apex = fields.landmarks_lps_mm["sciatic_notch_apex"].astype(np.float32)
+    notch = np.linalg.norm(bone_points - apex, axis=-1)
+    in_core = tb[None, :] >= seat - 1e-6
+    ok = (
+        (core_depth - r >= margins["cortex"])
+        & (notch - r >= margins["sciatic_notch"] + reserve_mm)
+        & (core_si - r >= margins["si_joint"] + 2.0 * reserve_mm)
+    ) | ~in_core
+    first_bad = np.where(ok.all(axis=1), len(tb), np.argmax(~ok, axis=1))
+    safe_core = np.maximum(tb[np.maximum(first_bad - 1, 0)] - seat, 0.0)
+    safe_core = np.where(first_bad == len(tb), longest, safe_core)
+    if core_length_mm is None:
+        core_len = np.clip(
+            np.floor(safe_core / CORE_STEP_MM) * CORE_STEP_MM,
+            min(parameters.min_core_length_mm + reserve_mm, longest),
+            longest,
+        )
+    else:
+        core_len = np.broadcast_to(np.asarray(core_length_mm, np.float64), (n,)).copy()
+        if np.any(core_len > longest + 1e-6):
+            # a user-given core longer than planned: sample it all
+            return _evaluate_long_core(
+                fields, parameters, c, d, core_len, skin_to_cortex_mm=skin_to_cortex_mm
+            )
+    in_needle = tb[None, :] <= seat + core_len[:, None] + 1e-6
+    core = in_core & in_needle
+    core_clearance = np.where(core, core_depth, np.inf).min(axis=1) - r
+    marrow_fraction = (core & core_marrow).sum(axis=1) / np.maximum(core.sum(axis=1), 1)
+    notch_distance = np.where(in_needle, notch, np.inf).min(axis=1) - r
+    bone_si = np.where(in_needle, core_si, np.inf).min(axis=1)
+    si_distance = np.minimum(bone_si, path_si) - r
+
+    incidence = np.degrees(np.arccos(cos_inc))
+    incidence = np.where(np.linalg.norm(normal, axis=1) > 0.5, incidence, 90.0)
+    axial, cranio = axial_and_craniocaudal_angles_deg(d, lateral_sign=fields.side.lateral_sign)
+    return Evaluation(
+        cortex_entry=c,
+        direction=d,
+        skin_to_cortex_mm=skin.astype(np.float64),
+        core_length_mm=core_len.astype(np.float64),
+        path_blocked_mm=path_blocked.astype(np.float64),
+        path_clearance_mm=path_clearance.astype(np.float64),
+        core_clearance_mm=core_clearance.astype(np.float64),
+        core_marrow_fraction=marrow_fraction.astype(np.float64),
+        notch_distance_mm=notch_distance.astype(np.float64),
+        si_distance_mm=si_distance.astype(np.float64),
+        incidence_deg=incidence.astype(np.float64),
+        axial_deg=axial,
+        craniocaudal_deg=cranio,
+        longest_safe_core_mm=safe_core.astype(np.float64),
+    )
+
+
+def _evaluate_long_core(
+    fields: SideFields,
+    parameters: PlanningParameters,
+    c: FloatArray,
+    d: FloatArray,
+    core_len: FloatArray,
+    *,
+    skin_to_cortex_mm: FloatArray | None,
+) -> Evaluation:
+    longer = parameters.with_overrides(core_length_mm=float(core_len.max()))
+    return evaluate(
+        fields, longer, c, d, core_length_mm=core_len, skin_to_cortex_mm=skin_to_cortex_mm
+    )

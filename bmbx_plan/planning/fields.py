@@ -1,0 +1,337 @@
+"""Distance maps of one side, computed once on an isotropic LPS planning grid.
+
+The planner and the checker read every constraint off these maps by nearest-voxel
+lookup, so a search over 10^5 trajectories and the check of one trajectory use the same
+numbers. The grid is aligned with LPS and its origin snapped to multiples of its spacing:
+the same anatomy in LPS gives the same maps, whatever the patient position or the order
+in which the CT stores its voxels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from bmbx_plan.anatomy import LABELS, Anatomy
+from bmbx_plan.anatomy.external import TRAVERSED_RISK_GROUPS
+from bmbx_plan.anatomy.landmarks import si_joint_points
+from bmbx_plan.planning.parameters import PlanningParameters, Side
+from bmbx_plan.resample import resample_to
+from bmbx_plan.volume import Volume
+
+__all__ = ["BLOCKED_MM", "SideFields", "side_fields"]
+
+FloatArray = NDArray[np.float64]
+Mask = NDArray[np.bool_]
+
+#: Path slack of voxels a needle may not cross at all (bone, gas, keep-out zones).
+BLOCKED_MM = -1000.0
+# Around the PSIS, how far the planning grid reaches beyond the entry search radius
+# (laterally, anteriorly, cranio-caudally; the core lies within about 40 mm of its
+# cortex entry) and medially (skin entries lie near the midline, 30-50 mm medial to the
+# PSIS). Posteriorly it reaches to the back of the scan. Samples outside the grid count
+# as blocked: the planner never proposes a path it could not see.
+_REACH_MM = 60.0
+_MEDIAL_REACH_MM = 50.0
+_MAX_POSTERIOR_MM = 170.0
+# The outer-cortex normal is the gradient of the ilium mask smoothed over this scale
+# (voxel staircases would tilt a raw gradient by up to 45 degrees).
+_NORMAL_SIGMA_MM = 2.0
+# Distances beyond these are never binding (the largest margin is 10 mm, the score
+# saturates 20 mm beyond a margin), so they are computed only up to here.
+_CAP_MM = 40.0
+_DEPTH_CAP_MM = 10.0
+
+
+@dataclass(frozen=True, eq=False)
+class SideFields:
+    """Everything the evaluation of one side's trajectories needs.
+
+    All arrays share the shape of ``grid`` (an LPS-aligned isotropic grid: k -> S,
+    j -> P, i -> L). Distances are in mm from voxel centres to the nearest boundary of a
+    structure (half a voxel less than the distance between voxel centres).
+
+    Attributes
+    ----------
+    side : Side
+    grid : Volume
+        The planning grid; its array holds the resampled label map.
+    inside : (K, J, I) bool ndarray
+        Inside the body (the skin lies where a path leaves it).
+    path_slack_mm : (K, J, I) float32 ndarray
+        On soft tissue: distance to the nearest structure to avoid minus that
+        structure's margin; :data:`BLOCKED_MM` on anything a needle may not cross. The
+        target ilium is not an obstacle here (see ``ilium_depth_mm``).
+    ilium_depth_mm : (K, J, I) float32 ndarray
+        Signed distance to the surface of the target ilium, positive inside.
+    marrow : (K, J, I) bool ndarray
+        Inside the ilium's cortical shell.
+    si_distance_mm : (K, J, I) float32 ndarray
+        Distance to this side's SI joint or the sacrum.
+    normal_lps : (K, J, I, 3) float32 ndarray
+        Outward normal of the ilium surface (zero far from it).
+    landmarks_lps_mm : dict of str to (3,) ndarray
+        ``psis``, ``asis``, ``sciatic_notch_apex`` of this side.
+    midline_x_mm : float
+    has_skin : bool
+    prone : bool or None
+        Patient position of the scan (None when unknown).
+    """
+
+    side: Side
+    grid: Volume
+    inside: Mask
+    path_slack_mm: NDArray[np.float32]
+    ilium_depth_mm: NDArray[np.float32]
+    marrow: Mask
+    si_distance_mm: NDArray[np.float32]
+    normal_lps: NDArray[np.float32]
+    landmarks_lps_mm: dict[str, FloatArray]
+    midline_x_mm: float
+    has_skin: bool
+    prone: bool | None
+    _obstacles: dict[str, Mask] = field(repr=False, default_factory=dict)
+
+    @property
+    def spacing_mm(self) -> float:
+        """Voxel size of the planning grid."""
+        return float(self.grid.spacing_mm[0])
+
+    def lookup(self, points_lps_mm: NDArray[np.floating]) -> tuple[NDArray[np.intp], Mask]:
+        """Flat indices of the voxels nearest to ``points`` (``(..., 3)``) and whether
+        each point lies on the grid (off-grid points get index 0)."""
+        origin = self.grid.origin_lps_mm.astype(np.float32)
+        scale = np.float32(1.0 / self.spacing_mm)
+        # LPS (x, y, z) -> index (k, j, i) = ((z, y, x) - origin) / spacing
+        kji = np.rint((points_lps_mm[..., ::-1] - origin[::-1]) * scale).astype(np.intp)
+        shape = np.array(self.grid.shape)
+        ok = np.all((kji >= 0) & (kji < shape), axis=-1)
+        kji[~ok] = 0
+        flat = (kji[..., 0] * shape[1] + kji[..., 1]) * shape[2] + kji[..., 2]
+        return flat, ok
+
+    def structure_trees(self) -> dict[str, cKDTree]:
+        """KD-trees of the boundary voxels of every structure reported in
+        ``clearances_mm`` (built on first use)."""
+        return self._trees
+
+    @cached_property
+    def _trees(self) -> dict[str, cKDTree]:
+        trees = {}
+        for name, mask in self._obstacles.items():
+            shell = mask & ~ndimage.binary_erosion(mask)
+            points = self.grid.index_to_lps(np.argwhere(shell))
+            if len(points):
+                trees[name] = cKDTree(points)
+        return trees
+
+
+def _planning_grid(ct: Volume, anatomy: Anatomy, side: Side, grid_mm: float) -> Volume:
+    """The isotropic LPS-aligned box around this side's PSIS that the planner looks at."""
+    psis = anatomy.landmarks_lps_mm[f"psis_{side.value}"]
+    bounds = ct.bounds_lps_mm()
+    ls = side.lateral_sign
+    reach = _REACH_MM + 40.0  # beyond the largest default entry search radius
+    x_lateral = psis[0] + ls * reach
+    x_medial = min(
+        psis[0] - ls * reach, anatomy.midline_x_mm - ls * _MEDIAL_REACH_MM, key=lambda v: ls * v
+    )
+    lo = np.array(
+        [
+            min(x_lateral, x_medial),
+            psis[1] - reach,
+            psis[2] - reach,
+        ]
+    )
+    hi = np.array(
+        [
+            max(x_lateral, x_medial),
+            min(float(bounds[1, 1]), psis[1] + _MAX_POSTERIOR_MM),
+            psis[2] + reach,
+        ]
+    )
+    lo = np.maximum(lo, bounds[0] - grid_mm)
+    hi = np.minimum(hi, bounds[1] + grid_mm)
+    lo = np.floor(lo / grid_mm) * grid_mm
+    hi = np.ceil(hi / grid_mm) * grid_mm
+    size_xyz = np.maximum(np.rint((hi - lo) / grid_mm).astype(int) + 1, 1)
+    return Volume.from_components(
+        np.zeros(tuple(size_xyz[::-1]), np.uint8), spacing_mm=(grid_mm,) * 3, origin_lps_mm=lo
+    )
+
+
+def _box(mask: Mask, pad: int) -> tuple[slice, ...]:
+    """Bounding box of ``mask`` grown by ``pad`` voxels (clipped to the array)."""
+    slices = []
+    for axis, n in enumerate(mask.shape):
+        hit = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+        slices.append(slice(max(int(hit[0]) - pad, 0), min(int(hit[-1]) + pad + 1, n)))
+    return tuple(slices)
+
+
+def _distance_outside(mask: Mask, spacing_mm: float, cap_mm: float) -> NDArray[np.float32]:
+    """Distance (mm) from each voxel centre outside ``mask`` to the mask's boundary, 0
+    inside, at most ``cap_mm`` (computed only where it can be smaller: in the mask's
+    bounding box grown by the cap)."""
+    out = np.full(mask.shape, cap_mm, np.float32)
+    if not mask.any():
+        return out
+    box = _box(mask, int(np.ceil(cap_mm / spacing_mm)) + 1)
+    d = ndimage.distance_transform_edt(~mask[box], sampling=spacing_mm).astype(np.float32)
+    d -= np.float32(0.5 * spacing_mm)
+    np.clip(d, 0.0, cap_mm, out=d)
+    out[box] = d
+    return out
+
+
+def _auricular_points(anatomy: Anatomy, side: Side) -> FloatArray:
+    """Auricular (SI joint) surface points of the fitted hip bone and sacrum of ``side``."""
+    if anatomy.shape_fit is None:
+        return np.zeros((0, 3))
+    points = si_joint_points(anatomy.shape_fit)
+    return np.concatenate(
+        [points[f"si_joint_hip_{side.value}"], points[f"si_joint_sacrum_{side.value}"]]
+    )
+
+
+def _rasterized(points_lps_mm: FloatArray, grid: Volume) -> Mask:
+    """The voxels of ``grid`` that contain at least one of the points."""
+    out = np.zeros(grid.shape, bool)
+    index = np.rint(grid.lps_to_index(points_lps_mm)).astype(np.intp).reshape(-1, 3)
+    index = index[np.all((index >= 0) & (index < np.array(grid.shape)), axis=1)]
+    out[tuple(index.T)] = True
+    return out
+
+
+def _depth_inside(mask: Mask, spacing_mm: float) -> NDArray[np.float32]:
+    """Distance (mm) from each voxel centre inside ``mask`` to its boundary, 0 outside."""
+    out = np.zeros(mask.shape, np.float32)
+    if not mask.any():
+        return out
+    box = _box(mask, 1)
+    d = ndimage.distance_transform_edt(mask[box], sampling=spacing_mm).astype(np.float32)
+    d -= np.float32(0.5 * spacing_mm)
+    np.maximum(d, 0.0, out=d)
+    out[box] = d
+    return out
+
+
+def _outward_normals(mask: Mask, spacing_mm: float) -> NDArray[np.float32]:
+    """(K, J, I, 3) outward unit normals (LPS) near the surface of ``mask``, else 0."""
+    out = np.zeros((*mask.shape, 3), np.float32)
+    sigma = _NORMAL_SIGMA_MM / spacing_mm
+    box = _box(mask, int(np.ceil(3 * sigma)) + 2)
+    smooth = ndimage.gaussian_filter(mask[box].astype(np.float32), sigma)
+    # grid axes (k, j, i) are (S, P, L): the LPS gradient is the reversed index gradient
+    gradient = np.stack(np.gradient(smooth)[::-1], axis=-1)
+    norm = np.linalg.norm(gradient, axis=-1, keepdims=True)
+    out[box] = np.where(norm > 1e-3, -gradient / np.maximum(norm, 1e-12), 0.0)
+    return out
+
+
+def side_fields(anatomy: Anatomy, side: Side | str, parameters: PlanningParameters) -> SideFields:
+    """Build the planning maps of one side.
+
+    Parameters
+    ----------
+    anatomy : Anatomy
+        From :func:`bmbx_plan.segment_pelvis`.
+    side : Side or {"left", "right"}
+    parameters : PlanningParameters
+        Gives the margins and the grid size.
+    """
+    side = Side.parse(side)
+    ct = anatomy.labels
+    g = float(parameters.grid_mm)
+    grid = _planning_grid(ct, anatomy, side, g)
+    # one resampling: labels (< 128) with the cortex in the top bit, 255 outside the CT
+    code = np.asarray(anatomy.labels.array, np.uint8) | (anatomy.cortex.astype(np.uint8) << 7)
+    coded = np.asarray(resample_to(ct.with_array(code), grid, order=0, fill_value=255).array)
+    in_view = coded != 255
+    lab = np.where(in_view, coded & 0x7F, 0).astype(np.uint8)
+    cortex = in_view & (coded >= 128)
+    s, o = side.value, side.other.value
+    ilium = lab == LABELS[f"ilium_{s}"]
+    if not ilium.any():
+        raise ValueError(f"the {s} ilium is not in view around its PSIS")
+
+    obstacles: dict[str, Mask] = {
+        "sacrum": lab == LABELS["sacrum"],
+        "si_joint": lab == LABELS[f"si_joint_{s}"],
+        "sciatic_notch": lab == LABELS[f"sciatic_notch_{s}"],
+        "lumbar_spine": lab == LABELS["lumbar_spine"],
+        "femur": lab == LABELS[f"femur_{s}"],
+        f"ilium_{o}": lab == LABELS[f"ilium_{o}"],
+        "bowel_gas": lab == LABELS["bowel_gas"],
+    }
+    # The segmented joint is only the visible cleft; the fitted pelvis adds both
+    # auricular surfaces, where the joint is even when it is narrow or partly fused.
+    obstacles["si_joint"] |= _rasterized(_auricular_points(anatomy, side), grid)
+    if anatomy.external is not None:
+        for group, mask in anatomy.external.risk_masks().items():
+            if group in TRAVERSED_RISK_GROUPS:
+                continue
+            volume = ct.with_array(mask.astype(np.uint8))
+            obstacles[group] = resample_to(volume, grid, order=0).array > 0
+    margin_of = {
+        "sacrum": "si_joint",
+        "si_joint": "si_joint",
+        "sciatic_notch": None,  # the keep-out region already is the margin
+        "lumbar_spine": "bone",
+        "femur": "bone",
+        f"ilium_{o}": "bone",
+        "bowel_gas": "bowel",
+        "vessels": "vessels",
+        "bowel": "bowel",
+        "bladder": "bladder",
+    }
+    # One distance transform per distinct margin, over the union of its structures.
+    by_margin: dict[float, Mask] = {}
+    for name, mask in obstacles.items():
+        key = margin_of.get(name, "vessels")
+        margin = 0.0 if key is None else parameters.margin(key)
+        by_margin[margin] = by_margin.get(margin, np.zeros(lab.shape, bool)) | mask
+    slack = np.full(lab.shape, _CAP_MM, np.float32)
+    for margin, mask in by_margin.items():
+        far = _distance_outside(mask, g, _CAP_MM)
+        np.minimum(slack, far - np.float32(margin), out=slack)
+
+    if anatomy.has_skin:
+        inside = in_view & (lab != 0) & (lab != LABELS["table"])
+        passable = (lab == LABELS["body"]) | ilium
+    else:
+        inside = in_view
+        passable = ((lab == 0) | ilium) & in_view
+    slack[~passable] = BLOCKED_MM
+
+    depth = _depth_inside(ilium, g) - _distance_outside(ilium, g, _DEPTH_CAP_MM)
+    si_distance = _distance_outside(obstacles["sacrum"] | obstacles["si_joint"], g, _CAP_MM)
+    normal = _outward_normals(ilium, g)
+
+    landmarks = {
+        "psis": anatomy.landmarks_lps_mm[f"psis_{s}"],
+        "asis": anatomy.landmarks_lps_mm[f"asis_{s}"],
+        "sciatic_notch_apex": anatomy.landmarks_lps_mm[f"sciatic_notch_apex_{s}"],
+    }
+    position = anatomy.labels.info.patient_position
+    prone = None if not position else position.upper().endswith("P")
+    return SideFields(
+        side=side,
+        grid=grid.with_array(lab),
+        inside=inside,
+        path_slack_mm=slack,
+        ilium_depth_mm=depth,
+        marrow=ilium & ~cortex,
+        si_distance_mm=si_distance,
+        normal_lps=normal,
+        landmarks_lps_mm={k: np.asarray(v, float) for k, v in landmarks.items()},
+        midline_x_mm=float(anatomy.midline_x_mm),
+        has_skin=anatomy.has_skin,
+        prone=prone,
+        _obstacles={k: v for k, v in obstacles.items() if v.any()},
+    )

@@ -1,0 +1,245 @@
+"""Planning parameters: the needle catalogue, core lengths, margins and angle limits.
+
+Every default comes from the table in the project's domain notes (DOMAIN.md, "Numbers to
+start from"); every value can be overridden.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_MARGINS_MM",
+    "NEEDLES",
+    "Needle",
+    "PlanningParameters",
+    "Side",
+    "needle_named",
+]
+
+
+class Side(enum.Enum):
+    """The ilium to biopsy."""
+
+    LEFT = "left"
+    RIGHT = "right"
+
+    @property
+    def lateral_sign(self) -> float:
+        """+1 when lateral is +x (the patient's left in LPS), -1 for the right ilium."""
+        return 1.0 if self is Side.LEFT else -1.0
+
+    @property
+    def other(self) -> Side:
+        """The opposite side."""
+        return Side.RIGHT if self is Side.LEFT else Side.LEFT
+
+    @classmethod
+    def parse(cls, value: str | Side) -> Side:
+        """``"left"`` / ``"right"`` (any case) or a :class:`Side`."""
+        if isinstance(value, Side):
+            return value
+        try:
+            return cls(str(value).lower())
+        except ValueError:
+            raise ValueError(f"side must be 'left' or 'right', got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class Needle:
+    """A biopsy needle.
+
+    Attributes
+    ----------
+    name : str
+        Catalogue name, e.g. ``"11G-100"``.
+    outer_diameter_mm : float
+    usable_length_mm : float
+        Length that can go into the patient (nominal length minus the handle).
+    """
+
+    name: str
+    outer_diameter_mm: float
+    usable_length_mm: float
+
+    def __post_init__(self) -> None:
+        if not self.outer_diameter_mm > 0 or not self.usable_length_mm > 0:
+            raise ValueError(
+                f"needle {self.name!r}: diameter and usable length must be positive, got "
+                f"{self.outer_diameter_mm} mm and {self.usable_length_mm} mm"
+            )
+
+    @property
+    def radius_mm(self) -> float:
+        """Half the outer diameter."""
+        return 0.5 * self.outer_diameter_mm
+
+
+#: Jamshidi-type and powered-driver needles; usable length = nominal minus about 10 mm.
+NEEDLES: dict[str, Needle] = {
+    "11G-100": Needle("11G-100", 3.0, 90.0),
+    "11G-150": Needle("11G-150", 3.0, 140.0),
+    "8G-100": Needle("8G-100", 4.2, 90.0),
+}
+
+#: Clearance (mm) between the needle surface and each structure, by name.
+DEFAULT_MARGINS_MM: dict[str, float] = {
+    "cortex": 2.0,  # core to both cortical tables
+    "sciatic_notch": 10.0,  # core to the apex of the greater sciatic notch
+    "si_joint": 5.0,  # whole needle to the SI joint and the sacrum
+    "vessels": 5.0,  # imported masks: iliac arteries and veins
+    "bowel": 5.0,  # bowel gas on CT, imported bowel masks
+    "bladder": 5.0,
+    "bone": 1.0,  # any other bone on the way to the ilium (spine, femur, other hip)
+}
+
+
+def needle_named(name: str) -> Needle:
+    """The catalogue needle ``name`` (e.g. ``"11G-150"``)."""
+    if name not in NEEDLES:
+        raise ValueError(f"unknown needle {name!r}; the catalogue has {', '.join(NEEDLES)}")
+    return NEEDLES[name]
+
+
+@dataclass(frozen=True)
+class PlanningParameters:
+    """What the planner and the checker require of a trajectory.
+
+    Attributes
+    ----------
+    needle : Needle
+    core_length_mm : float
+        Planned core (the 2-3 cm advance after the needle is seated).
+    min_core_length_mm : float
+        Shortest acceptable core; the planner proposes the longest safe core up to
+        ``core_length_mm``.
+    seat_depth_mm : float
+        The core starts this far beyond the cortex entry (the needle is seated just past
+        the outer cortex before the stylet is removed).
+    margins_mm : dict of str to float
+        Needle-surface clearances, see :data:`DEFAULT_MARGINS_MM`.
+    max_incidence_deg : float
+        Largest angle between the needle and the outer-cortex normal (skiving).
+    in_plane_only : bool
+        Only trajectories within ``in_plane_tolerance_deg`` of the axial plane.
+    in_plane_tolerance_deg : float
+    max_craniocaudal_deg : float
+        Gantry tilt range when not in-plane only.
+    min_marrow_fraction : float
+        Share of the core axis that must lie in marrow (not cortex).
+    entry_search_radius_mm : float
+        Cortex entries are searched within this distance of the PSIS.
+    max_axial_angle_deg : float
+        Directions are searched from 0 (straight anterior) to this angle laterally.
+    grid_mm : float
+        Voxel size of the isotropic planning grid.
+    reserve_mm : float or None
+        The search keeps every distance constraint at least this much beyond its limit
+        (and the incidence 3 deg below its limit), so that a proposed plan still passes
+        when the true anatomy differs from the segmentation by about a voxel. Checks
+        judge at the limits themselves. None: half the CT's largest voxel dimension,
+        between 0.5 and 2 mm.
+    """
+
+    needle: Needle = NEEDLES["11G-100"]
+    core_length_mm: float = 25.0
+    min_core_length_mm: float = 20.0
+    seat_depth_mm: float = 5.0
+    margins_mm: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MARGINS_MM))
+    max_incidence_deg: float = 40.0
+    in_plane_only: bool = False
+    in_plane_tolerance_deg: float = 3.0
+    max_craniocaudal_deg: float = 30.0
+    min_marrow_fraction: float = 0.9
+    entry_search_radius_mm: float = 40.0
+    max_axial_angle_deg: float = 60.0
+    grid_mm: float = 1.0
+    reserve_mm: float | None = None
+
+    def __post_init__(self) -> None:
+        positive = (
+            "core_length_mm",
+            "min_core_length_mm",
+            "max_incidence_deg",
+            "entry_search_radius_mm",
+            "grid_mm",
+        )
+        for name in positive:
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.min_core_length_mm > self.core_length_mm:
+            raise ValueError(
+                f"min_core_length_mm ({self.min_core_length_mm}) exceeds core_length_mm "
+                f"({self.core_length_mm})"
+            )
+        if self.reserve_mm is not None and self.reserve_mm < 0:
+            raise ValueError(f"reserve_mm must not be negative, got {self.reserve_mm}")
+        if self.seat_depth_mm < 0:
+            raise ValueError(f"seat_depth_mm must not be negative, got {self.seat_depth_mm}")
+        if not 0.0 <= self.min_marrow_fraction <= 1.0:
+            raise ValueError(
+                f"min_marrow_fraction must be in [0, 1], got {self.min_marrow_fraction}"
+            )
+        margins = {**DEFAULT_MARGINS_MM, **self.margins_mm}
+        for name, value in margins.items():
+            if not float(value) >= 0:
+                raise ValueError(f"margin {name!r} must not be negative, got {value}")
+        object.__setattr__(self, "margins_mm", {k: float(v) for k, v in margins.items()})
+
+    @property
+    def max_craniocaudal_limit_deg(self) -> float:
+        """The cranio-caudal limit in force (in-plane tolerance or gantry tilt)."""
+        return self.in_plane_tolerance_deg if self.in_plane_only else self.max_craniocaudal_deg
+
+    def reserve_for(self, largest_voxel_mm: float) -> float:
+        """The search reserve in mm for a CT whose largest voxel dimension is given."""
+        if self.reserve_mm is not None:
+            return float(self.reserve_mm)
+        return float(np.clip(0.5 * largest_voxel_mm, 0.5, 2.0))
+
+    def margin(self, name: str) -> float:
+        """The clearance in mm required around ``name``."""
+        return self.margins_mm[name]
+
+    def with_overrides(self, **changes: Any) -> PlanningParameters:
+        """A copy with some fields changed; ``needle`` may be a catalogue name and
+        ``margins_mm`` is merged into the current margins."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"unknown planning parameter(s) {unknown}; known: {sorted(known)}")
+        if isinstance(changes.get("needle"), str):
+            changes["needle"] = needle_named(changes["needle"])
+        if "margins_mm" in changes:
+            margins = dict(changes["margins_mm"])
+            unknown_margins = sorted(set(margins) - set(DEFAULT_MARGINS_MM))
+            if unknown_margins:
+                raise ValueError(
+                    f"unknown margin(s) {unknown_margins}; known: {sorted(DEFAULT_MARGINS_MM)}"
+                )
+            changes["margins_mm"] = {**self.margins_mm, **margins}
+        return replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``parameters`` object of plan.json."""
+        return {
+            "needle": {
+                "name": self.needle.name,
+                "outer_diameter_mm": self.needle.outer_diameter_mm,
+                "usable_length_mm": self.needle.usable_length_mm,
+            },
+            "core_length_mm": self.core_length_mm,
+            "min_core_length_mm": self.min_core_length_mm,
+            "seat_depth_mm": self.seat_depth_mm,
+            "margins_mm": dict(self.margins_mm),
+            "in_plane_only": self.in_plane_only,
+            "in_plane_tolerance_deg": self.in_plane_tolerance_deg,
+            "max_craniocaudal_deg": self.max_craniocaudal_deg,
+            "max_incidence_deg": self.max_incidence_deg,
+            "min_marrow_fraction": self.min_marrow_fraction,
+            "reserve_mm": self.reserve_mm,
+        }

@@ -1,0 +1,228 @@
+"""Planner safety study on a phantom cohort.
+
+For every phantom (seeds x presets x patient positions) and side:
+
+1. the CT is segmented and planned as a user would;
+2. the proposed plan is checked against the phantom's exact truth
+   (:func:`bmbx_phantoms.truth.truth_anatomy`): a hard-constraint failure there is a
+   safety violation;
+3. the truth itself is planned with no reserve, to know whether a safe plan exists;
+4. designed no-safe-path sides (``thin_wing_left`` left, ``no_safe_right`` right) must
+   come back infeasible with the core clearance binding.
+
+Run::
+
+    python -m bmbx_phantoms.cohort --cases 200 --workers 2 --out cohort.csv
+
+It prints a summary table; ``--cases 12`` gives a quick look (the test suite runs a
+small subset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from bmbx_phantoms.parameters import PATIENT_POSITIONS, PRESETS
+from bmbx_phantoms.phantom import make_phantom
+from bmbx_phantoms.truth import truth_anatomy
+
+__all__ = ["DESIGNED_INFEASIBLE", "Case", "cohort_cases", "run_case", "summarize"]
+
+#: Sides built to admit no safe core, and the constraint that must bind there.
+DESIGNED_INFEASIBLE: dict[tuple[str, str], str] = {
+    ("thin_wing_left", "left"): "core_cortex_clearance",
+    ("no_safe_right", "right"): "core_cortex_clearance",
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One phantom of the cohort."""
+
+    seed: int
+    preset: str
+    position: str
+
+
+def cohort_cases(count: int, *, first_seed: int = 1000) -> list[Case]:
+    """``count`` cases cycling through every preset and, preset round by preset round,
+    every patient position, each with its own seed."""
+    presets = sorted(PRESETS)
+    return [
+        Case(
+            seed=first_seed + n,
+            preset=presets[n % len(presets)],
+            position=PATIENT_POSITIONS[(n // len(presets)) % len(PATIENT_POSITIONS)],
+        )
+        for n in range(count)
+    ]
+
+
+def run_case(case: Case, *, cross_check: bool = True) -> list[dict[str, Any]]:
+    """Plan one phantom from its CT and judge the plans on its truth (one row per side)."""
+    from bmbx_plan import segment_pelvis
+    from bmbx_plan.planning import Planner, PlanningParameters
+
+    start = time.perf_counter()
+    phantom = make_phantom(seed=case.seed, position=case.position, preset=case.preset)
+    anatomy = segment_pelvis(phantom.ct)
+    truth = truth_anatomy(phantom)
+    planner = Planner(anatomy)
+    exact = Planner(truth, PlanningParameters(reserve_mm=0.0))
+    rows = []
+    for side in ("left", "right"):
+        plan = planner.plan(side, cross_check=cross_check)
+        admits = exact.plan(side, cross_check=False)
+        row: dict[str, Any] = {
+            "seed": case.seed,
+            "preset": case.preset,
+            "position": case.position,
+            "side": side,
+            "status": plan.status,
+            "needle": plan.needle or "",
+            "truth_admits": admits.feasible,
+            "truth_binding": " ".join(c.name for c in admits.failed),
+            "binding": " ".join(c.name for c in plan.failed) if not plan.feasible else "",
+            "violations": "",
+            "cross_check_agrees": "",
+            "core_clearance_mm": "",
+            "truth_core_clearance_mm": "",
+            "core_length_mm": "",
+            "candidates": plan.candidates_evaluated,
+        }
+        if plan.trajectory is not None and plan.metrics is not None:
+            judge = exact
+            if plan.needle and plan.needle != exact.parameters.needle.name:
+                judge = Planner(truth, exact.parameters.with_overrides(needle=plan.needle))
+            judged = judge.check(
+                side, plan.trajectory.skin_entry_lps_mm, plan.trajectory.core_end_lps_mm
+            )
+            row["violations"] = " ".join(
+                f"{c.name}={c.value:.2f}" if c.value is not None else c.name for c in judged.failed
+            )
+            row["core_clearance_mm"] = round(plan.metrics.core_min_cortex_clearance_mm, 2)
+            if judged.metrics is not None:
+                row["truth_core_clearance_mm"] = round(
+                    judged.metrics.core_min_cortex_clearance_mm, 2
+                )
+            row["core_length_mm"] = round(plan.metrics.core_length_mm, 1)
+            if plan.cross_check is not None:
+                row["cross_check_agrees"] = plan.cross_check.agrees
+        row["seconds"] = round(time.perf_counter() - start, 1)
+        rows.append(row)
+    return rows
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> str:
+    """The study's table: safety, yield and the designed infeasible sides."""
+    designed = [r for r in rows if (r["preset"], r["side"]) in DESIGNED_INFEASIBLE]
+    regular = [r for r in rows if (r["preset"], r["side"]) not in DESIGNED_INFEASIBLE]
+    proposed = [r for r in rows if r["status"] == "feasible"]
+    violations = [r for r in proposed if r["violations"]]
+    admits = [r for r in regular if r["truth_admits"]]
+    found = [r for r in admits if r["status"] == "feasible"]
+    designed_ok = [
+        r
+        for r in designed
+        if r["status"] == "infeasible"
+        and DESIGNED_INFEASIBLE[(r["preset"], r["side"])] in r["binding"].split()
+    ]
+    disagree = [r for r in proposed if r["cross_check_agrees"] is False]
+    cases = {(r["seed"], r["preset"], r["position"]) for r in rows}
+    lines = [
+        f"phantoms: {len(cases)}, sides planned: {len(rows)}",
+        "",
+        "| measure | count | share |",
+        "|---|---|---|",
+        f"| plans proposed | {len(proposed)} | {_share(len(proposed), len(rows))} |",
+        f"| proposed plans violating a hard constraint on the truth | {len(violations)} | "
+        f"{_share(len(violations), len(proposed))} |",
+        f"| proposed plans whose cross-check disagrees | {len(disagree)} | "
+        f"{_share(len(disagree), len(proposed))} |",
+        f"| regular sides whose truth admits a plan | {len(admits)} | "
+        f"{_share(len(admits), len(regular))} |",
+        f"| of those, feasible plan found | {len(found)} | {_share(len(found), len(admits))} |",
+        f"| designed no-safe-path sides infeasible with the right binding constraint | "
+        f"{len(designed_ok)} of {len(designed)} | {_share(len(designed_ok), len(designed))} |",
+        "",
+        "| preset | sides | proposed | truth admits | found where admitted | violations |",
+        "|---|---|---|---|---|---|",
+    ]
+    for preset in sorted({r["preset"] for r in rows}):
+        group = [r for r in rows if r["preset"] == preset]
+        adm = [r for r in group if r["truth_admits"]]
+        lines.append(
+            f"| {preset} | {len(group)} | {sum(r['status'] == 'feasible' for r in group)} | "
+            f"{len(adm)} | {sum(r['status'] == 'feasible' for r in adm)} | "
+            f"{sum(bool(r['violations']) for r in group if r['status'] == 'feasible')} |"
+        )
+    return "\n".join(lines)
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{100.0 * part / whole:.1f} %" if whole else "-"
+
+
+def _run_all(
+    cases: Iterable[Case], workers: int, *, cross_check: bool
+) -> Iterator[list[dict[str, Any]]]:
+    run = partial(run_case, cross_check=cross_check)
+    if workers <= 1:
+        yield from map(run, cases)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(run, cases)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the study; print progress on stderr and the table on stdout."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bmbx_phantoms.cohort", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--cases", type=int, default=200, help="number of phantoms")
+    parser.add_argument("--first-seed", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, help="CSV file with one row per side")
+    parser.add_argument(
+        "--no-cross-check", action="store_true", help="skip the independent cross-check"
+    )
+    args = parser.parse_args(argv)
+    cases = cohort_cases(args.cases, first_seed=args.first_seed)
+    rows: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    for n, case_rows in enumerate(
+        _run_all(cases, args.workers, cross_check=not args.no_cross_check), start=1
+    ):
+        rows.extend(case_rows)
+        status = ", ".join(
+            f"{r['side']} {r['status']}{' VIOLATION' if r['violations'] else ''}"
+            for r in case_rows
+        )
+        print(
+            f"[{n}/{len(cases)} {time.perf_counter() - start:.0f} s] seed {case_rows[0]['seed']} "
+            f"{case_rows[0]['preset']} {case_rows[0]['position']}: {status}",
+            file=sys.stderr,
+            flush=True,
+        )
+    if args.out is not None:
+        partial = args.out.with_name(args.out.name + ".partial")
+        with partial.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        partial.replace(args.out)
+    print(summarize(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
