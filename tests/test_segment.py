@@ -264,3 +264,80 @@ def test_si_joint_and_notch_keep_out_zones(segmented: list) -> None:
             points = anatomy.labels.index_to_lps(np.argwhere(notch))
             apex = anatomy.landmarks_lps_mm[f"sciatic_notch_apex_{side}"]
             assert np.linalg.norm(points - apex, axis=1).max() <= 10.0 + 1.5
+
+
+# ---------------------------------------------------------------- the working grid
+
+
+def test_holes_per_slice_match_filling_each_slice() -> None:
+    rng = np.random.default_rng(3)
+    from scipy import ndimage
+
+    from bmbx_plan.anatomy._grid import holes_per_slice
+
+    mask = ndimage.binary_dilation(rng.random((9, 14, 17)) < 0.1)
+    for axis in range(3):
+        for max_pixels in (None, 2):
+            slow = np.zeros_like(mask)
+            for n in range(mask.shape[axis]):
+                plane = mask.take(n, axis=axis)
+                holes = ndimage.binary_fill_holes(plane) & ~plane
+                if max_pixels is not None:
+                    labels, count = ndimage.label(holes)
+                    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+                    holes &= (sizes <= max_pixels)[labels]
+                index: list[object] = [slice(None)] * 3
+                index[axis] = n
+                slow[tuple(index)] = holes
+            fast = holes_per_slice(mask, axis, max_pixels=max_pixels)
+            assert np.array_equal(fast, slow), (axis, max_pixels)
+
+
+def test_ball_erosion_is_a_thresholded_distance_transform() -> None:
+    from scipy import ndimage
+
+    from bmbx_plan.anatomy._grid import ball
+
+    rng = np.random.default_rng(4)
+    mask = ndimage.binary_dilation(rng.random((20, 24, 28)) < 0.05, iterations=3)
+    spacing = np.array([0.8, 0.7, 1.1])
+    for radius in (1.5, 3.0):
+        truth = ndimage.distance_transform_edt(mask, sampling=spacing) > radius
+        eroded = ndimage.binary_erosion(mask, structure=ball(radius, spacing), border_value=1)
+        assert np.array_equal(eroded, truth), radius
+
+
+def test_work_grid_blocks_and_carrying_labels_back() -> None:
+    from bmbx_plan.anatomy._grid import WorkGrid, to_full_resolution
+
+    # Anisotropic, flipped, off-origin grid: a slip of axis or sign fails.
+    direction = np.array([[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    ct = Volume.from_components(
+        np.zeros((21, 30, 26), np.int16),
+        spacing_mm=(0.8, 0.7, 0.75),
+        origin_lps_mm=(10.0, -5.0, 30.0),
+        direction=direction,
+    )
+    work = WorkGrid.of(ct)
+    assert work.step == (2, 2, 2)
+    assert work.coarse.shape == (11, 15, 13)
+    # A block's voxel centre is the mean of its CT voxel centres.
+    block = np.array([[3, 4, 5]])
+    voxels = np.argwhere(np.ones(work.step, bool)) + block * np.array(work.step)
+    assert np.allclose(work.coarse.index_to_lps(block)[0], ct.index_to_lps(voxels).mean(axis=0))
+    # Two bones touching along a plane that cuts through blocks: the carried-back cut
+    # is on the CT grid, at the thin cleft between them.
+    bone = np.zeros(ct.shape, bool)
+    bone[2:19, 3:27, 3:23] = True
+    clefts = np.zeros(ct.shape, bool)
+    clefts[:, :, 13] = True  # off the block boundaries (blocks end at odd i)
+    clefts &= bone
+    truth = np.where(np.arange(ct.shape[2]) < 13, 1, 2)[None, None, :] * bone
+    coarse = np.zeros(work.coarse.shape, np.uint8)
+    pooled = work.pool(bone, min_fraction=0.5)
+    coarse[pooled] = 1
+    coarse[:, :, 6:] *= 2  # the coarse cut is a voxel off the real one
+    labels = to_full_resolution(work, coarse, bone, lambda box: clefts[box])
+    wrong = (labels != truth) & bone & ~clefts
+    assert not wrong.any()
+    assert not labels[~bone].any()

@@ -9,6 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from bmbx_plan.anatomy._grid import bounding_box, holes_per_slice
 from bmbx_plan.volume import Volume
 
 __all__ = ["BodyMask", "segment_body"]
@@ -55,13 +56,6 @@ def _outer_faces(array: NDArray[Any]) -> NDArray[Any]:
     return np.concatenate([f.ravel() for f in faces])
 
 
-def _fill_holes_per_slice(mask: Mask, axis: int) -> Mask:
-    """2D hole filling of every slice along ``axis`` (internal air is body)."""
-    slices = np.moveaxis(mask, axis, 0)
-    filled = np.stack([ndimage.binary_fill_holes(s) for s in slices])
-    return np.moveaxis(filled, 0, axis)
-
-
 def segment_body(ct: Volume, *, tissue_threshold_hu: float = _TISSUE_HU) -> BodyMask:
     """Find the body and separate it from the table and other objects.
 
@@ -92,7 +86,7 @@ def segment_body(ct: Volume, *, tissue_threshold_hu: float = _TISSUE_HU) -> Body
         )
 
     spacing = ct.spacing_mm
-    step = np.maximum(np.floor(_WORK_SPACING_MM / spacing), 1).astype(int)
+    step = np.maximum(np.round(_WORK_SPACING_MM / spacing), 1).astype(int)
     coarse = tissue[:: step[0], :: step[1], :: step[2]]
     coarse_spacing = spacing * step
     depth = ndimage.distance_transform_edt(coarse, sampling=coarse_spacing)
@@ -103,11 +97,14 @@ def segment_body(ct: Volume, *, tissue_threshold_hu: float = _TISSUE_HU) -> Body
             "no body found: nothing in the image is thicker than "
             f"{2 * _OPENING_MM:.0f} mm of tissue"
         )
-    sizes = ndimage.sum_labels(core, labels, index=np.arange(1, count + 1))
-    biggest = labels == (int(np.argmax(sizes)) + 1)
+    sizes = np.bincount(labels[core], minlength=count + 1)
+    sizes[0] = 0
+    biggest = labels == int(np.argmax(sizes))
     # Grow back by the opening radius (plus a voxel) inside the tissue: the outline.
-    reach = ndimage.distance_transform_edt(~biggest, sampling=coarse_spacing)
-    grown = reach <= _OPENING_MM + float(coarse_spacing.max())
+    grow_mm = _OPENING_MM + float(coarse_spacing.max())
+    box = bounding_box(biggest, int(np.ceil(grow_mm / coarse_spacing.min())) + 1)
+    grown = np.zeros_like(biggest)
+    grown[box] = ndimage.distance_transform_edt(~biggest[box], sampling=coarse_spacing) <= grow_mm
     full = np.repeat(np.repeat(np.repeat(grown, step[0], 0), step[1], 1), step[2], 2)
     full = full[: ct.shape[0], : ct.shape[1], : ct.shape[2]]
     if full.shape != ct.shape:  # coarse grid did not cover the last partial block
@@ -116,7 +113,10 @@ def segment_body(ct: Volume, *, tissue_threshold_hu: float = _TISSUE_HU) -> Body
         full = padded
     body = tissue & full
     axial, _ = ct.axis_of(2)
-    body = _fill_holes_per_slice(body, axial)
+    # Internal air (bowel gas, lungs) is body: holes of each axial slice are filled.
+    # Only inside the body's box (with a margin of outside air) can there be holes.
+    inner = bounding_box(body, 1)
+    body[inner] |= holes_per_slice(body[inner], axial)
     table = tissue & ~body
     notes = []
     removed_ml = float(table.sum()) * ct.voxel_volume_mm3 / 1000.0

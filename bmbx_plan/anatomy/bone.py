@@ -11,6 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from bmbx_plan.anatomy._grid import ball, bounding_box, holes_per_slice, lps_coordinate
 from bmbx_plan.volume import Volume
 
 __all__ = ["DEFAULT_BONE_THRESHOLD_HU", "bounding_box", "cortical_band", "segment_bone"]
@@ -69,20 +70,17 @@ def segment_bone(
     shell = dense[box]
     radius = np.maximum(_CLOSING_MM / ct.spacing_mm, 1.0)
     closed = ndimage.binary_closing(shell, structure=_ball(radius), border_value=0)
-    cavity = ndimage.binary_fill_holes(closed) & ~closed
+    cavity = _enclosed(closed)
     # Shells with openings (sacral canal and foramina, nutrient canals, thin places
     # below the threshold) leak in 3D; holes inside single axial slices still show the
     # marrow. Small ones only: the pelvic ring encloses the pelvic cavity in some slices.
     axial, _ = ct.axis_of(2)
     in_plane = np.delete(ct.spacing_mm, axial)
-    cavity |= _small_holes(closed, axial, _MAX_HOLE_MM2 / float(np.prod(in_plane)))
+    cavity |= holes_per_slice(closed, axial, max_pixels=_MAX_HOLE_MM2 / float(np.prod(in_plane)))
     # The sacrum's marrow leaks through its foramina and a thin anterior cortex; in
     # sagittal slices its body is still enclosed. Only the posterior half near the
     # midline: further out and anterior, sagittal slices enclose the obturator foramen.
-    sagittal, _ = ct.axis_of(0)
-    in_sagittal = np.delete(ct.spacing_mm, sagittal)
-    holes = _small_holes(closed, sagittal, _MAX_HOLE_MM2 / float(np.prod(in_sagittal)))
-    cavity |= holes & _posterior_midline(closed, ct, box)
+    cavity |= _sagittal_holes(closed, ct, box)
     # The closing seals the shell, but it also bridges narrow clefts between neighbouring
     # bones (SI joints, hip joints). Keep what the closing added only where it is
     # connected to an enclosed cavity (the inner side of the shell), not the bridges
@@ -96,11 +94,45 @@ def segment_bone(
     # Small pieces (noise, calcifications, contrast) are dropped only now: a thin cortex
     # at the threshold breaks into small pieces that still enclose their marrow slices.
     labels, count = ndimage.label(filled)
-    sizes = ndimage.sum_labels(filled, labels, index=np.arange(1, count + 1))
-    big = np.concatenate([[False], sizes >= _MIN_PIECE_ML * 1000.0 / ct.voxel_volume_mm3])
+    sizes = np.bincount(labels[filled], minlength=count + 1)
+    big = sizes >= _MIN_PIECE_ML * 1000.0 / ct.voxel_volume_mm3
+    big[0] = False
     bone = np.zeros_like(dense)
     bone[box] = big[labels]
     return bone
+
+
+def _enclosed(mask: Mask) -> Mask:
+    """Background of ``mask`` not 6-connected to the edge of the array: what
+    :func:`scipy.ndimage.binary_fill_holes` adds, by one labelling instead of a dilation
+    that crawls through the whole box."""
+    labels, _ = ndimage.label(~mask)
+    outside = np.zeros(int(labels.max()) + 1, bool)
+    outside[0] = True
+    for axis in range(3):
+        outside[labels.take(0, axis=axis)] = True
+        outside[labels.take(-1, axis=axis)] = True
+    return np.asarray(~outside[labels])
+
+
+def _sagittal_holes(closed: Mask, ct: Volume, box: tuple[slice, ...]) -> Mask:
+    """Small holes of the sagittal slices of ``closed`` (the voxels of ``box``) in the
+    posterior half of the bone near its midline; only the slices that reach that region
+    are searched."""
+    sagittal, _ = ct.axis_of(0)
+    max_pixels = _MAX_HOLE_MM2 / float(np.prod(np.delete(ct.spacing_mm, sagittal)))
+    region = _posterior_midline(closed, ct, box)
+    others = tuple(a for a in range(3) if a != sagittal)
+    used = np.flatnonzero(np.broadcast_to(region, closed.shape).any(axis=others))
+    out = np.zeros_like(closed)
+    if len(used) == 0:
+        return out
+    span: list[slice] = [slice(None)] * 3
+    span[sagittal] = slice(int(used[0]), int(used[-1]) + 1)
+    part = tuple(span)
+    out[part] = holes_per_slice(closed[part], sagittal, max_pixels=max_pixels)
+    out[part] &= np.broadcast_to(region, closed.shape)[part]
+    return out
 
 
 def _posterior_midline(shell: Mask, ct: Volume, box: tuple[slice, ...]) -> Mask:
@@ -111,37 +143,8 @@ def _posterior_midline(shell: Mask, ct: Volume, box: tuple[slice, ...]) -> Mask:
     sample = index[:: max(len(index) // 20000, 1)] + origin
     points = ct.index_to_lps(sample)
     mid_x, mid_y = float(np.median(points[:, 0])), float(np.median(points[:, 1]))
-    x, y = ct.lps_coordinate(0, box), ct.lps_coordinate(1, box)
+    x, y = lps_coordinate(ct, 0, box), lps_coordinate(ct, 1, box)
     return np.asarray((np.abs(x - mid_x) < _SACRUM_HALF_WIDTH_MM) & (y > mid_y))
-
-
-def _small_holes(mask: Mask, axis: int, max_voxels: float) -> Mask:
-    """Holes of at most ``max_voxels`` pixels inside each slice of ``mask`` along ``axis``."""
-    out = np.zeros_like(mask)
-    slices = np.moveaxis(mask, axis, 0)
-    target = np.moveaxis(out, axis, 0)  # a view: writing to it fills ``out``
-    for n, plane in enumerate(slices):
-        holes = ndimage.binary_fill_holes(plane) & ~plane
-        if not holes.any():
-            continue
-        labels, count = ndimage.label(holes)
-        sizes = ndimage.sum_labels(holes, labels, index=np.arange(1, count + 1))
-        small = np.concatenate([[False], sizes <= max_voxels])
-        target[n] = small[labels]
-    return out
-
-
-def bounding_box(mask: Mask, pad: int) -> tuple[slice, ...]:
-    """Slices of the bounding box of ``mask`` grown by ``pad`` voxels (mask not empty)."""
-    where = (
-        np.nonzero(mask.any(axis=(1, 2)))[0],
-        np.nonzero(mask.any(axis=(0, 2)))[0],
-        np.nonzero(mask.any(axis=(0, 1)))[0],
-    )
-    return tuple(
-        slice(max(int(w.min()) - pad, 0), min(int(w.max()) + pad + 1, n))
-        for w, n in zip(where, mask.shape, strict=True)
-    )
 
 
 def cortical_band(
@@ -154,11 +157,17 @@ def cortical_band(
     -------
     (K, J, I) bool ndarray, a subset of ``bone``.
     """
-    box = bounding_box(bone, 1)
-    sub = bone[box]
-    depth = ndimage.distance_transform_edt(sub, sampling=ct.spacing_mm)
-    outer = sub & ~ndimage.binary_erosion(sub, border_value=0)
-    dense = np.asarray(ct.array)[box] >= cortex_threshold_hu
     band = np.zeros_like(bone)
-    band[box] = outer | (sub & dense & (depth <= max_depth_mm))
+    if not bone.any():
+        return band
+    structure = ball(max_depth_mm, ct.spacing_mm)
+    # One background voxel around the bone, and more than the ball's reach in all.
+    box = bounding_box(bone, max(structure.shape) // 2 + 1)
+    sub = bone[box]
+    outer = sub & ~ndimage.binary_erosion(sub, border_value=0)
+    # Within max_depth_mm of the surface = not in the erosion by that ball (the scan's
+    # edge is no surface: border_value=1, as in a distance transform).
+    shallow = sub & ~ndimage.binary_erosion(sub, structure=structure, border_value=1)
+    shallow &= np.asarray(ct.array)[box] >= cortex_threshold_hu
+    band[box] = outer | shallow
     return band

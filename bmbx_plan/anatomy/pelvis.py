@@ -15,10 +15,10 @@ from numpy.typing import NDArray
 from scipy import ndimage
 from skimage.segmentation import watershed
 
-from bmbx_plan.anatomy.bone import bounding_box
+from bmbx_plan.anatomy._grid import ball, bounding_box, lps_coordinate
 from bmbx_plan.volume import Volume
 
-__all__ = ["PelvisBones", "split_pelvis"]
+__all__ = ["PelvisBones", "joint_clefts", "split_pelvis"]
 
 Mask = NDArray[np.bool_]
 
@@ -56,8 +56,8 @@ def _drop_small(mask: Mask, min_voxels: float) -> Mask:
     labels, count = ndimage.label(mask)
     if count == 0:
         return mask
-    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
-    keep = np.concatenate([[False], sizes >= min_voxels])
+    keep = np.bincount(labels[mask], minlength=count + 1) >= min_voxels
+    keep[0] = False
     return np.asarray(keep[labels])
 
 
@@ -66,8 +66,13 @@ def _components(mask: Mask) -> list[Mask]:
     return [labels == n for n in range(1, count + 1)]
 
 
-def split_pelvis(bone: Mask, ct: Volume, *, bone_threshold_hu: float) -> PelvisBones:
-    """Hip bones, sacrum, lumbar spine and femurs from a bone mask.
+def joint_clefts(bone: Mask, ct: Volume, *, bone_threshold_hu: float) -> Mask:
+    """Thin sheets of filled, low-density bone: joint clefts enclosed between two
+    cortices (and the outer layer of marrow).
+
+    These are the voxels of ``bone`` below the threshold that lie within
+    ``_CLEFT_HALF_WIDTH_MM`` of a voxel that is not (a small erosion: a distance
+    transform of the whole bone box would cost 20 times more).
 
     Parameters
     ----------
@@ -76,8 +81,41 @@ def split_pelvis(bone: Mask, ct: Volume, *, bone_threshold_hu: float) -> PelvisB
     ct : Volume
         HU and geometry.
     bone_threshold_hu : float
+        The shell threshold the bone mask was made with.
+
+    Returns
+    -------
+    (K, J, I) bool ndarray, a subset of ``bone``.
+    """
+    out = np.zeros(bone.shape, bool)
+    if not bone.any():
+        return out
+    structure = ball(_CLEFT_HALF_WIDTH_MM, ct.spacing_mm)
+    # Background beyond the bone's box must be seen: pad by more than the ball's reach.
+    box = bounding_box(bone, max(structure.shape) // 2 + 1)
+    low = bone[box] & (np.asarray(ct.array)[box] < bone_threshold_hu)
+    # border_value=1: like the distance transform, the edge of the scan is no background.
+    out[box] = low & ~ndimage.binary_erosion(low, structure=structure, border_value=1)
+    return out
+
+
+def split_pelvis(
+    bone: Mask, ct: Volume, *, bone_threshold_hu: float, clefts: Mask | None = None
+) -> PelvisBones:
+    """Hip bones, sacrum, lumbar spine and femurs from a bone mask.
+
+    Parameters
+    ----------
+    bone : (K, J, I) bool ndarray
+        Bone (cortex and marrow) on ``ct``'s grid.
+    ct : Volume
+        HU and geometry (only the geometry when ``clefts`` is given).
+    bone_threshold_hu : float
         The shell threshold the bone mask was made with; voxels of ``bone`` below it were
         filled in (marrow, or a joint cleft enclosed by two cortices).
+    clefts : (K, J, I) bool ndarray, optional
+        The :func:`joint_clefts` of ``bone``, when they come from elsewhere (e.g. from a
+        finer grid, where 2 mm clefts are still visible); computed from ``ct`` if omitted.
     """
     notes: list[str] = []
     min_voxels = _MIN_PIECE_ML * 1000.0 / ct.voxel_volume_mm3
@@ -85,10 +123,11 @@ def split_pelvis(bone: Mask, ct: Volume, *, bone_threshold_hu: float) -> PelvisB
     if not bone.any():
         empty = np.zeros(ct.shape, bool)
         return PelvisBones(empty, empty, empty, empty, empty, empty, float("nan"), ("no bone",))
+    if clefts is None:
+        clefts = joint_clefts(bone, ct, bone_threshold_hu=bone_threshold_hu)
     box = bounding_box(bone, 2)
     sub = bone[box]
-    hu = np.asarray(ct.array)[box]
-    x, y, z = (ct.lps_coordinate(axis, box) for axis in range(3))
+    x, y, z = (lps_coordinate(ct, axis, box) for axis in range(3))
     midline = float(np.median(np.broadcast_to(x, sub.shape)[sub]))
     dx = x - midline
     posterior = y > float(np.median(np.broadcast_to(y, sub.shape)[sub]))
@@ -98,14 +137,9 @@ def split_pelvis(bone: Mask, ct: Volume, *, bone_threshold_hu: float) -> PelvisB
     markers[sub & (np.abs(dx) < _MIDLINE_SLAB_MM) & posterior] = 1
     markers[sub & (dx > _LATERAL_SEED_MM)] = 2
     markers[sub & (dx < -_LATERAL_SEED_MM)] = 3
-    # Thin sheets of filled, low-density bone are joint clefts enclosed between two
-    # cortices (or thin marrow): they do not count as depth, so the watershed line
-    # between the markers runs through them.
-    low = sub & (hu < bone_threshold_hu)
-    thin_low = low & (
-        ndimage.distance_transform_edt(low, sampling=ct.spacing_mm) <= _CLEFT_HALF_WIDTH_MM
-    )
-    depth = ndimage.distance_transform_edt(sub & ~thin_low, sampling=ct.spacing_mm)
+    # Joint clefts do not count as depth, so the watershed line between the markers runs
+    # through them.
+    depth = ndimage.distance_transform_edt(sub & ~clefts[box], sampling=ct.spacing_mm)
     regions = watershed(-depth, markers, mask=sub)
     # Pieces no marker reached (separate fragments near the midline, e.g. a pubic
     # symphysis piece): by side.

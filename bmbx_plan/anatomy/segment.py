@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -11,16 +11,18 @@ from numpy.typing import NDArray
 from scipy import ndimage
 from skimage.segmentation import watershed
 
-from bmbx_plan.anatomy.body import segment_body
-from bmbx_plan.anatomy.bone import (
-    DEFAULT_BONE_THRESHOLD_HU,
+from bmbx_plan.anatomy._grid import (
+    WorkGrid,
+    ball,
     bounding_box,
-    cortical_band,
-    segment_bone,
+    lps_coordinate,
+    to_full_resolution,
 )
+from bmbx_plan.anatomy.body import BodyMask, segment_body
+from bmbx_plan.anatomy.bone import DEFAULT_BONE_THRESHOLD_HU, cortical_band, segment_bone
 from bmbx_plan.anatomy.external import ExternalMasks, load_external_masks
 from bmbx_plan.anatomy.landmarks import ShapeFit, fit_shape_model, pelvis_landmarks
-from bmbx_plan.anatomy.pelvis import PelvisBones, split_pelvis
+from bmbx_plan.anatomy.pelvis import PelvisBones, joint_clefts, split_pelvis
 from bmbx_plan.io.errors import InputError
 from bmbx_plan.mesh import voxelize
 from bmbx_plan.volume import Volume
@@ -52,7 +54,9 @@ LABELS: dict[str, int] = {
 _MAX_FIT_RMS_MM = 5.0
 # Bone of a side farther than this outside the fitted hip bone seeds the femur.
 _FEMUR_MARGIN_MM = 6.0
-# Voxels this deep inside a fitted bone (in voxels) take its label as a watershed seed.
+# Voxels this deep inside a fitted bone take its label as a watershed seed; counted in
+# voxels of the grid the pass runs on (the ~1.5 mm working grid for the second passes,
+# the CT grid for the sacrum completion).
 _FIT_TRUST_VOXELS = 3
 # Missed sacral marrow is added only this close to the segmented sacrum.
 _SACRUM_COMPLETION_MM = 8.0
@@ -62,6 +66,8 @@ _SACRUM_COMPLETION_MM = 8.0
 _NOTCH_KEEPOUT_MM = 10.0
 # The SI joint region: non-bone voxels this close to both the sacrum and that ilium.
 _SI_JOINT_REACH_MM = 4.0
+# The bones of the label map the separation passes hand back to the CT grid.
+_BONES = ("ilium_left", "ilium_right", "sacrum", "lumbar_spine", "femur_left", "femur_right")
 # The crest must lie this far below the top of the scan, and the notch apex this far
 # above its bottom, for the posterior wing to be fully in view.
 _COVERAGE_MARGIN_MM = 5.0
@@ -127,20 +133,22 @@ def _near(
     mask: Mask, spacing: NDArray[np.float64], reach_mm: float, *, within: Mask | None = None
 ) -> Mask:
     """Voxels within ``reach_mm`` of ``mask`` (computed in the mask's padded box; with
-    ``within``, only the answer inside ``within``'s bounding box is needed)."""
+    ``within``, only the answer inside ``within``'s padded bounding box is computed)."""
     pad = int(np.ceil(reach_mm / float(spacing.min()))) + 1
+    out = np.zeros(mask.shape, bool)
+    region = tuple(slice(0, n) for n in mask.shape)
     if within is not None:
         if not within.any():
-            return np.zeros_like(mask)
+            return out
         region = bounding_box(within, pad)
-        clipped = np.zeros_like(mask)
-        clipped[region] = mask[region]
-        mask = clipped
-    if not mask.any():
-        return np.zeros_like(mask)
-    box = bounding_box(mask, pad)
-    out = np.zeros_like(mask)
-    out[box] = ndimage.distance_transform_edt(~mask[box], sampling=spacing) <= reach_mm
+    local = mask[region]
+    if not local.any():
+        return out
+    box = bounding_box(local, pad)
+    target = tuple(
+        slice(r.start + b.start, r.start + b.stop) for r, b in zip(region, box, strict=True)
+    )
+    out[target] = ndimage.distance_transform_edt(~local[box], sampling=spacing) <= reach_mm
     return out
 
 
@@ -172,34 +180,37 @@ def _check_coverage(
             )
 
 
-def _refine_femurs(split: PelvisBones, fit: ShapeFit, ct: Volume) -> PelvisBones:
+def _refine_femurs(
+    split: PelvisBones, fit: ShapeFit, fitted: Sequence[Mask], grid: Volume
+) -> PelvisBones:
     """Second pass for the femoral heads: bone of a side that lies well outside the
     fitted hip bone (and below its acetabulum) seeds the femur, the fitted hip bone seeds
-    the hip, and a watershed on the depth below the bone surface cuts at the joint."""
+    the hip, and a watershed on the depth below the bone surface cuts at the joint.
+
+    ``fitted`` are the fitted meshes voxelized on ``grid`` (the masks' grid).
+    """
     out = {}
-    z = ct.lps_coordinate(2)
     for n, side in enumerate(("left", "right")):
         hip, femur = getattr(split, f"ilium_{side}"), getattr(split, f"femur_{side}")
         out[f"ilium_{side}"], out[f"femur_{side}"] = hip, femur
-        fitted = voxelize(fit.meshes[n], ct)
         region = hip | femur
-        if not region.any() or not fitted.any():
+        if not region.any() or not fitted[n].any():
             continue
-        pad = int(np.ceil(_FEMUR_MARGIN_MM / ct.spacing_mm.min())) + 2
-        box = bounding_box(region | fitted, pad)
-        sub, fit_sub = region[box], fitted[box]
+        pad = int(np.ceil(_FEMUR_MARGIN_MM / grid.spacing_mm.min())) + 2
+        box = bounding_box(region | fitted[n], pad)
+        sub, fit_sub = region[box], fitted[n][box]
         inside = ndimage.binary_erosion(fit_sub, iterations=2)
-        outside = ndimage.distance_transform_edt(~fit_sub, sampling=ct.spacing_mm) > (
+        outside = ndimage.distance_transform_edt(~fit_sub, sampling=grid.spacing_mm) > (
             _FEMUR_MARGIN_MM
         )
         heights = fit.meshes[n].vertices_lps_mm[:, 2]
-        below = np.broadcast_to(z, ct.shape)[box] < float(heights.min() + 0.5 * np.ptp(heights))
+        below = lps_coordinate(grid, 2, box) < float(heights.min() + 0.5 * np.ptp(heights))
         markers = np.zeros(sub.shape, np.int32)
         markers[sub & inside] = 1
         markers[sub & outside & below] = 2
-        if (markers == 2).sum() * ct.voxel_volume_mm3 < 2000.0 or not (markers == 1).any():
+        if (markers == 2).sum() * grid.voxel_volume_mm3 < 2000.0 or not (markers == 1).any():
             continue
-        depth = ndimage.distance_transform_edt(sub, sampling=ct.spacing_mm)
+        depth = ndimage.distance_transform_edt(sub, sampling=grid.spacing_mm)
         regions = watershed(-depth, markers, mask=sub)
         new_hip, new_femur = np.zeros_like(hip), np.zeros_like(hip)
         new_hip[box], new_femur[box] = regions == 1, regions == 2
@@ -207,17 +218,17 @@ def _refine_femurs(split: PelvisBones, fit: ShapeFit, ct: Volume) -> PelvisBones
     return replace(split, **out)
 
 
-def _reconcile_with_fit(split: PelvisBones, fit: ShapeFit, ct: Volume) -> PelvisBones:
+def _reconcile_with_fit(split: PelvisBones, fitted: Sequence[Mask], grid: Volume) -> PelvisBones:
     """Re-decide the bone where the first pass and the fitted model disagree.
 
-    Where the first pass and the fitted hip bones and sacrum agree, the label stands and
-    seeds a watershed on the depth below the bone surface; the voxels where they
-    disagree (e.g. sacral marrow that flooded into a hip bone through a fatty, partly
-    fused SI joint) go to the bone they connect to through the thickest bone.
+    Where the first pass and the fitted hip bones and sacrum (``fitted``, voxelized on
+    ``grid``) agree, the label stands and seeds a watershed on the depth below the bone
+    surface; the voxels where they disagree (e.g. sacral marrow that flooded into a hip
+    bone through a fatty, partly fused SI joint) go to the bone they connect to through
+    the thickest bone.
     """
     names = ("ilium_left", "ilium_right", "sacrum")
     region = split.ilium_left | split.ilium_right | split.sacrum
-    fitted = [voxelize(mesh, ct) for mesh in fit.meshes]
     if not region.any():
         return split
     box = bounding_box(region, 2)
@@ -231,37 +242,188 @@ def _reconcile_with_fit(split: PelvisBones, fit: ShapeFit, ct: Volume) -> Pelvis
         markers[(deep | agree) & (markers == 0)] = value
     if any(not (markers == v).any() for v in (1, 2, 3)):
         return split
-    depth = ndimage.distance_transform_edt(sub, sampling=ct.spacing_mm)
+    depth = ndimage.distance_transform_edt(sub, sampling=grid.spacing_mm)
     regions = watershed(-depth, markers, mask=sub)
     masks = []
     for value in range(1, len(names) + 1):
-        mask = np.zeros(ct.shape, bool)
+        mask = np.zeros(grid.shape, bool)
         mask[box] = regions == value
         masks.append(mask)
     return replace(split, ilium_left=masks[0], ilium_right=masks[1], sacrum=masks[2])
 
 
-def _complete_sacrum(split: PelvisBones, fit: ShapeFit, ct: Volume) -> PelvisBones:
+def _complete_sacrum(split: PelvisBones, fitted: Mask, ct: Volume) -> PelvisBones:
     """Add sacral marrow the shell fill missed.
 
     The sacrum leaks through its foramina and a thin anterior cortex, so fatty sacral
-    marrow can stay outside the bone mask. The fitted sacrum says where the bone is:
-    voxels well inside it (3 voxels), next to the segmented sacrum and claimed by no
-    other bone, are sacrum.
+    marrow can stay outside the bone mask. The fitted sacrum (``fitted``, voxelized on
+    ``ct``) says where the bone is: voxels well inside it (3 voxels), next to the
+    segmented sacrum and claimed by no other bone, are sacrum.
     """
-    fitted = voxelize(fit.meshes[2], ct)
     if not fitted.any() or not split.sacrum.any():
         return split
-    inner = ndimage.binary_erosion(fitted, iterations=_FIT_TRUST_VOXELS)
+    inner = np.zeros_like(fitted)
+    around = bounding_box(fitted, 1)
+    inner[around] = ndimage.binary_erosion(fitted[around], iterations=_FIT_TRUST_VOXELS)
+    if not inner.any():
+        return split
+    # Only the box of the fitted sacrum can change.
+    box = bounding_box(inner, 0)
     others = (
-        split.ilium_left
-        | split.ilium_right
-        | split.lumbar_spine
-        | split.femur_left
-        | split.femur_right
+        split.ilium_left[box]
+        | split.ilium_right[box]
+        | split.lumbar_spine[box]
+        | split.femur_left[box]
+        | split.femur_right[box]
     )
-    near = _near(split.sacrum, ct.spacing_mm, _SACRUM_COMPLETION_MM, within=inner)
-    return replace(split, sacrum=split.sacrum | (inner & near & ~others))
+    near = _near(split.sacrum, ct.spacing_mm, _SACRUM_COMPLETION_MM, within=inner)[box]
+    sacrum = split.sacrum.copy()
+    sacrum[box] |= inner[box] & near & ~others
+    return replace(split, sacrum=sacrum)
+
+
+def _bones_on_grid(labels: NDArray[np.uint8], split: PelvisBones) -> PelvisBones:
+    """The bones of an exclusive label map (values: 1 + index in :data:`_BONES`)."""
+    masks: dict[str, Mask] = {name: np.zeros(labels.shape, bool) for name in _BONES}
+    # Compare only inside each bone's box: six full-volume comparisons cost seconds.
+    boxes = ndimage.find_objects(labels, max_label=len(_BONES))
+    for n, (name, box) in enumerate(zip(_BONES, boxes, strict=True), start=1):
+        if box is not None:
+            masks[name][box] = labels[box] == n
+    return replace(
+        split,
+        ilium_left=masks["ilium_left"],
+        ilium_right=masks["ilium_right"],
+        sacrum=masks["sacrum"],
+        lumbar_spine=masks["lumbar_spine"],
+        femur_left=masks["femur_left"],
+        femur_right=masks["femur_right"],
+    )
+
+
+def _label_map(split: PelvisBones) -> NDArray[np.uint8]:
+    """The bones of ``split`` as one exclusive label map (1 + index in :data:`_BONES`)."""
+    labels = np.zeros(split.sacrum.shape, np.uint8)
+    for n, name in enumerate(_BONES, start=1):
+        labels[getattr(split, name)] = n
+    return labels
+
+
+def _split_bones(
+    ct: Volume, bone: Mask, bone_threshold_hu: float, say: Progress, source: str, span: str
+) -> tuple[PelvisBones, ShapeFit, list[str]]:
+    """Hip bones, sacrum, spine and femurs on the CT grid, and the fitted shape model.
+
+    The separation passes (watershed, fit, second passes against the fit) run on the
+    working grid of about 1.5 mm; the result is carried back to the CT's voxels, where the
+    cuts between bones are re-drawn at full resolution.
+    """
+    work = WorkGrid.of(ct)
+    clefts = joint_clefts(bone, ct, bone_threshold_hu=bone_threshold_hu)
+    coarse_bone = work.pool(bone, min_fraction=0.5)
+    # Any cleft voxel marks its block: a 2 mm cleft must survive the coarser grid.
+    coarse_clefts = work.pool(clefts, min_fraction=0.0) & coarse_bone
+    split = split_pelvis(
+        coarse_bone, work.coarse, bone_threshold_hu=bone_threshold_hu, clefts=coarse_clefts
+    )
+    del coarse_bone, coarse_clefts
+    notes = list(split.notes)
+    volume = work.coarse.voxel_volume_mm3
+    parts = {"ilium_left": split.ilium_left, "ilium_right": split.ilium_right}
+    parts["sacrum"] = split.sacrum
+    missing = [name for name, m in parts.items() if m.sum() * volume < 20_000.0]
+    if missing:
+        raise NoPelvisError(
+            source, f"no pelvis in the field of view (found no {', '.join(missing)}); {span}"
+        )
+    say("landmarks")
+    try:
+        fit = fit_shape_model(split.ilium_left, split.ilium_right, split.sacrum, work.coarse)
+    except ValueError as exc:
+        raise NoPelvisError(source, f"the bones do not form a pelvis ({exc}); {span}") from None
+    if fit.rms_mm > _MAX_FIT_RMS_MM:
+        raise NoPelvisError(
+            source,
+            f"no pelvis in the field of view: the bone found does not "
+            f"match a pelvis (shape model residual {fit.rms_mm:.1f} mm); {span}",
+        )
+    notes.extend(fit.notes)
+    # Each fitted bone is voxelized once and serves every pass on the working grid.
+    fitted = [voxelize(mesh, work.coarse) for mesh in fit.meshes]
+    split = _refine_femurs(split, fit, fitted, work.coarse)
+    split = _reconcile_with_fit(split, fitted, work.coarse)
+    del fitted
+    labels = to_full_resolution(work, _label_map(split), bone, lambda box: clefts[box])
+    split = _bones_on_grid(labels, split)
+    del labels
+    split = _complete_sacrum(split, voxelize(fit.meshes[2], ct), ct)
+    return split, replace(fit, grid=ct), notes
+
+
+def _body_labels(ct: Volume, body: BodyMask) -> NDArray[np.uint8]:
+    """Label map with the body, the table and bowel gas (all zero without air around the
+    patient)."""
+    labels = np.zeros(ct.shape, np.uint8)
+    if body.has_air:
+        np.copyto(labels, np.uint8(LABELS["body"]), where=body.body)
+        np.copyto(labels, np.uint8(LABELS["table"]), where=body.table)
+        gas = np.asarray(ct.array) < -500.0
+        gas &= body.body
+        np.copyto(labels, np.uint8(LABELS["bowel_gas"]), where=gas)
+    return labels
+
+
+def _any_bone(split: PelvisBones, box: tuple[slice, ...]) -> Mask:
+    """Whether each voxel of ``box`` belongs to any bone."""
+    out = split.ilium_left[box] | split.ilium_right[box]
+    for name in ("sacrum", "lumbar_spine", "femur_left", "femur_right"):
+        out |= getattr(split, name)[box]
+    return out
+
+
+def _mark_joints_and_notches(
+    labels: NDArray[np.uint8],
+    split: PelvisBones,
+    landmarks: Mapping[str, NDArray[np.float64]],
+    ct: Volume,
+) -> None:
+    """Label the SI joints (non-bone voxels near both the sacrum and an ilium) and the
+    keep-out regions around the sciatic notch apices, in place; bone is never relabelled.
+
+    Both are small: they are worked out in their own boxes, not on the whole grid.
+    """
+    near_sacrum = _near(split.sacrum, ct.spacing_mm, _SI_JOINT_REACH_MM)
+    joint_box = bounding_box(near_sacrum, 0) if near_sacrum.any() else None
+    for side in ("left", "right"):
+        if joint_box is not None:
+            ilium = getattr(split, f"ilium_{side}")
+            near_ilium = _near(ilium, ct.spacing_mm, _SI_JOINT_REACH_MM, within=near_sacrum)
+            joint = near_sacrum[joint_box] & near_ilium[joint_box]
+            joint &= ~_any_bone(split, joint_box)
+            np.copyto(labels[joint_box], np.uint8(LABELS[f"si_joint_{side}"]), where=joint)
+        apex = landmarks[f"sciatic_notch_apex_{side}"]
+        index = np.rint(ct.lps_to_index([apex])[0]).astype(int)
+        if np.all((index >= 0) & (index < np.array(ct.shape))):
+            box, keepout = _ball_around(index, _NOTCH_KEEPOUT_MM, ct)
+            keepout &= ~_any_bone(split, box)
+            np.copyto(labels[box], np.uint8(LABELS[f"sciatic_notch_{side}"]), where=keepout)
+
+
+def _ball_around(
+    index: NDArray[np.int64], radius_mm: float, ct: Volume
+) -> tuple[tuple[slice, ...], Mask]:
+    """The voxels within ``radius_mm`` of voxel ``index``: their box on the grid and the
+    ball clipped to it."""
+    structure = ball(radius_mm, ct.spacing_mm)
+    reach = np.array(structure.shape) // 2
+    lo = np.maximum(index - reach, 0)
+    hi = np.minimum(index + reach + 1, np.array(ct.shape))
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    crop = tuple(
+        slice(int(a - i + r), int(b - i + r))
+        for a, b, i, r in zip(lo, hi, index, reach, strict=True)
+    )
+    return box, structure[crop].copy()
 
 
 def segment_pelvis(
@@ -310,32 +472,9 @@ def segment_pelvis(
             source, f"no bone found (nothing above {bone_threshold_hu:.0f} HU forms bone); {span}"
         )
     say("hip bones and sacrum")
-    split = split_pelvis(bone, ct, bone_threshold_hu=bone_threshold_hu)
-    notes.extend(split.notes)
-    parts = {
-        "ilium_left": split.ilium_left,
-        "ilium_right": split.ilium_right,
-        "sacrum": split.sacrum,
-    }
-    missing = [name for name, m in parts.items() if m.sum() * ct.voxel_volume_mm3 < 20_000.0]
-    if missing:
-        raise NoPelvisError(
-            source, f"no pelvis in the field of view (found no {', '.join(missing)}); {span}"
-        )
-    say("landmarks")
-    try:
-        fit = fit_shape_model(split.ilium_left, split.ilium_right, split.sacrum, ct)
-    except ValueError as exc:
-        raise NoPelvisError(source, f"the bones do not form a pelvis ({exc}); {span}") from None
-    if fit.rms_mm > _MAX_FIT_RMS_MM:
-        raise NoPelvisError(
-            source,
-            f"no pelvis in the field of view: the bone found does not "
-            f"match a pelvis (shape model residual {fit.rms_mm:.1f} mm); {span}",
-        )
-    notes.extend(fit.notes)
-    split = _reconcile_with_fit(_refine_femurs(split, fit, ct), fit, ct)
-    split = _complete_sacrum(split, fit, ct)
+    split, fit, split_notes = _split_bones(ct, bone, bone_threshold_hu, say, source, span)
+    del bone
+    notes.extend(split_notes)
     parts = {
         "ilium_left": split.ilium_left,
         "ilium_right": split.ilium_right,
@@ -347,26 +486,9 @@ def segment_pelvis(
     say("cortex, joints and keep-out zones")
     hips = split.ilium_left | split.ilium_right
     cortex = cortical_band(hips, ct) & hips
-    labels = np.zeros(ct.shape, np.uint8)
-    if body.has_air:
-        labels[body.body] = LABELS["body"]
-        labels[body.table] = LABELS["table"]
-        gas = body.body & (np.asarray(ct.array) < -500.0)
-        labels[gas] = LABELS["bowel_gas"]
-    any_bone = hips | split.sacrum | split.lumbar_spine | split.femur_left | split.femur_right
-    near_sacrum = _near(split.sacrum, ct.spacing_mm, _SI_JOINT_REACH_MM)
-    for side in ("left", "right"):
-        ilium = parts[f"ilium_{side}"]
-        near_ilium = _near(ilium, ct.spacing_mm, _SI_JOINT_REACH_MM, within=near_sacrum)
-        joint = near_sacrum & near_ilium & ~any_bone
-        labels[joint] = LABELS[f"si_joint_{side}"]
-        apex = landmarks[f"sciatic_notch_apex_{side}"]
-        index = np.rint(ct.lps_to_index([apex])[0]).astype(int)
-        seed = np.zeros(ct.shape, bool)
-        if np.all((index >= 0) & (index < np.array(ct.shape))):
-            seed[tuple(index)] = True
-            keepout = _near(seed, ct.spacing_mm, _NOTCH_KEEPOUT_MM) & ~any_bone
-            labels[keepout] = LABELS[f"sciatic_notch_{side}"]
+    del hips
+    labels = _body_labels(ct, body)
+    _mark_joints_and_notches(labels, split, landmarks, ct)
     for name in (
         "lumbar_spine",
         "femur_left",
@@ -375,7 +497,10 @@ def segment_pelvis(
         "ilium_left",
         "ilium_right",
     ):
-        labels[getattr(split, name)] = LABELS[name]
+        mask = getattr(split, name)
+        if mask.any():
+            box = bounding_box(mask, 0)
+            np.copyto(labels[box], np.uint8(LABELS[name]), where=mask[box])
 
     external = None
     if masks is not None:
