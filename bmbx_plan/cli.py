@@ -361,10 +361,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _joined_points(argv: list[str]) -> list[str]:
+    """``--entry -12.5,40,3`` as ``--entry=-12.5,40,3``: argparse would take a value that
+    starts with a minus sign for an option."""
+    out: list[str] = []
+    items = iter(argv)
+    for item in items:
+        if item in ("--entry", "--target"):
+            value = next(items, None)
+            out.append(item if value is None else f"{item}={value}")
+        else:
+            out.append(item)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_joined_points(list(sys.argv[1:] if argv is None else argv)))
     out = _Reporter(quiet=args.quiet)
     try:
         code: int = args.run(args, out)

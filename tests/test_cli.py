@@ -111,3 +111,87 @@ def test_version_and_module_entry_point() -> None:
     result = _run("--version")
     assert result.returncode == 0
     assert result.stdout.startswith("bmbx-plan ")
+
+
+@pytest.fixture(scope="module")
+def phantom_ct(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prone phantom written as NIfTI (the default grid: planning needs real detail)."""
+    out = tmp_path_factory.mktemp("cli") / "ph"
+    result = _run("--quiet", "phantom", "--out", str(out), "--seed", "0", "--nifti", "--no-dicom")
+    assert result.returncode == 0, result.stderr
+    return out / "ct.nii.gz"
+
+
+def test_plan_and_check_commands_follow_the_contract(phantom_ct: Path, tmp_path: Path) -> None:
+    out = tmp_path / "plan"
+    result = _run("--quiet", "plan", str(phantom_ct), "--side", "right", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    document = json.loads((out / "plan.json").read_text())
+    assert document["coordinate_system"] == "LPS"
+    assert document["plans"][0]["side"] == "right"
+    assert (out / "trajectory_right.mrk.json").is_file()
+    assert (out / "report.html").is_file()
+    t = document["plans"][0]["trajectory"]
+    entry = ",".join(str(v) for v in t["skin_entry_lps_mm"])
+    target = ",".join(str(v) for v in t["core_end_lps_mm"])
+    ok = _run(
+        "--quiet",
+        "check",
+        str(phantom_ct),
+        "--side",
+        "right",
+        "--entry",
+        entry,
+        "--target",
+        target,
+        "--out",
+        str(tmp_path / "ok"),
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    check = json.loads((tmp_path / "ok" / "check.json").read_text())
+    assert check["plans"][0]["status"] == "feasible"
+    # the same needle pushed 60 mm further leaves the bone: exit 3, check.json says why
+    d = t["direction_lps"]
+    far = ",".join(str(v + 60.0 * u) for v, u in zip(t["core_end_lps_mm"], d, strict=True))
+    bad = _run(
+        "--quiet",
+        "check",
+        str(phantom_ct),
+        "--side",
+        "right",
+        "--entry",
+        entry,
+        "--target",
+        far,
+        "--out",
+        str(tmp_path / "bad"),
+    )
+    assert bad.returncode == 3, bad.stderr
+    failed = json.loads((tmp_path / "bad" / "check.json").read_text())["plans"][0]
+    assert failed["status"] == "infeasible"
+    assert any(
+        c["name"] == "core_cortex_clearance" and not c["passed"] for c in failed["constraints"]
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--entry", "1,2", "--target", "1,2,3"],
+        ["--entry", "a,b,c", "--target", "1,2,3"],
+        ["--entry", "1,2,3", "--target", "1,2,3"],
+    ],
+)
+def test_check_with_bad_points_exits_2_without_writing(tmp_path: Path, args: list[str]) -> None:
+    out = tmp_path / "out"
+    assert (
+        main(["--quiet", "check", "missing.nii.gz", "--side", "left", *args, "--out", str(out)])
+        == 2
+    )
+    assert not out.exists()
+
+
+def test_plan_of_a_missing_input_exits_2_without_writing(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["--quiet", "plan", str(tmp_path / "none.nii.gz"), "--out", str(out)]) == 2
+    assert not out.exists()

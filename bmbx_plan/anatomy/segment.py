@@ -25,6 +25,7 @@ from bmbx_plan.anatomy.landmarks import ShapeFit, fit_shape_model, pelvis_landma
 from bmbx_plan.anatomy.pelvis import PelvisBones, joint_clefts, split_pelvis
 from bmbx_plan.io.errors import InputError
 from bmbx_plan.mesh import voxelize
+from bmbx_plan.resample import resample_to
 from bmbx_plan.volume import Volume
 
 __all__ = ["LABELS", "Anatomy", "NoPelvisError", "segment_pelvis"]
@@ -360,6 +361,30 @@ def _split_bones(
     return split, replace(fit, grid=ct), notes
 
 
+def _without_cavities(split: PelvisBones) -> PelvisBones:
+    """Fill the pockets each hip bone and the sacrum enclose.
+
+    Fatty marrow or noise can leave small soft-tissue pockets inside the filled shell;
+    they are marrow, and as "soft tissue" they would put false bone surfaces inside the
+    wing (the planner measures the core's clearance to the bone surface).
+    """
+    out = {}
+    names = ("ilium_left", "ilium_right", "sacrum")
+    for name in names:
+        mask = getattr(split, name)
+        if not mask.any():
+            continue
+        box = bounding_box(mask, 1)
+        others = np.zeros(mask[box].shape, bool)
+        for other in _BONES:
+            if other != name:
+                others |= getattr(split, other)[box]
+        filled = mask.copy()
+        filled[box] = ndimage.binary_fill_holes(mask[box]) & ~others | mask[box]
+        out[name] = filled
+    return replace(split, **out)
+
+
 def _body_labels(ct: Volume, body: BodyMask) -> NDArray[np.uint8]:
     """Label map with the body, the table and bowel gas (all zero without air around the
     patient)."""
@@ -454,6 +479,48 @@ def segment_pelvis(
         crest or at the sciatic notch; the message says what is missing and which z-range
         the scan covers.
     """
+    canonical = _canonical(ct)
+    anatomy = _segment(
+        canonical if canonical is not None else ct,
+        bone_threshold_hu=bone_threshold_hu,
+        progress=progress,
+    )
+    if canonical is not None and not np.allclose(canonical.affine_lps, ct.affine_lps):
+        # back onto the CT's own grid: flips and permutations only, exact
+        labels = resample_to(anatomy.labels, ct, order=0).array
+        cortex = canonical.with_array(anatomy.cortex.astype(np.uint8))
+        anatomy = replace(
+            anatomy,
+            labels=ct.with_array(labels),
+            cortex=np.asarray(resample_to(cortex, ct, order=0).array > 0),
+        )
+    if masks is not None:
+        if progress is not None:
+            progress("external masks")
+        external = load_external_masks(masks, ct)
+        anatomy = replace(anatomy, external=external, notes=(*anatomy.notes, *external.notes))
+    return anatomy
+
+
+#: Array axes (k, j, i) along +S, +P, +L: the order segmentation works in, so that its
+#: result does not depend on how the CT stores its voxels.
+_CANONICAL_DIRECTION = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+
+
+def _canonical(ct: Volume) -> Volume | None:
+    """``ct`` stored in the canonical axis order (None for an oblique grid)."""
+    try:
+        return ct.reoriented(_CANONICAL_DIRECTION)
+    except ValueError:
+        return None
+
+
+def _segment(
+    ct: Volume,
+    *,
+    bone_threshold_hu: float,
+    progress: Progress | None,
+) -> Anatomy:
     say = progress or (lambda _msg: None)
     source = ct.info.source or "CT"
     low, high = _z_range(ct)
@@ -482,6 +549,7 @@ def segment_pelvis(
     }
     landmarks = pelvis_landmarks(fit, masks=(split.ilium_left, split.ilium_right), grid=ct)
     _check_coverage(ct, {**parts}, landmarks, source)
+    split = _without_cavities(split)
 
     say("cortex, joints and keep-out zones")
     hips = split.ilium_left | split.ilium_right
@@ -502,11 +570,6 @@ def segment_pelvis(
             box = bounding_box(mask, 0)
             np.copyto(labels[box], np.uint8(LABELS[name]), where=mask[box])
 
-    external = None
-    if masks is not None:
-        say("external masks")
-        external = load_external_masks(masks, ct)
-        notes.extend(external.notes)
     # The mid-sagittal plane passes through the sacrum (the spinous processes and the
     # median sacral crest lie on it), whatever the scanner's x = 0 is.
     midline = float(ct.index_to_lps(np.argwhere(split.sacrum))[:, 0].mean())
@@ -517,6 +580,5 @@ def segment_pelvis(
         midline_x_mm=midline,
         has_skin=body.has_air,
         shape_fit=fit,
-        external=external,
         notes=tuple(notes),
     )

@@ -78,9 +78,11 @@ def entry_points(
     points = mesh_from_mask(ilium, grid).vertices_lps_mm
     # the sphere that cut the mask leaves an artificial surface at its rim
     points = points[np.linalg.norm(points - psis, axis=1) <= radius]
-    normals = fields.normal_lps.reshape(-1, 3)[fields.lookup(points.astype(np.float32))[0]]
+    flat = fields.lookup(points.astype(np.float32))[0]
+    normals: FloatArray = fields.normal_lps.reshape(-1, 3)[flat].astype(np.float64)
     keep = normals[:, 1] > 0.0  # posterior-facing: reachable from the back
-    points, normals = points[keep], normals[keep].astype(np.float64)
+    points = np.asarray(points[keep], np.float64)
+    normals = np.asarray(normals[keep], np.float64)
     if spacing_mm is not None and len(points):
         _, first = np.unique(
             np.rint(points / spacing_mm).astype(np.int64), axis=0, return_index=True

@@ -58,6 +58,7 @@ from __future__ import annotations
 import math
 import weakref
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -186,6 +187,23 @@ class Surface:
     closed : bool
         A closed surface has an inside; an open patch (the fitted SI joint surfaces) only
         a distance and crossings.
+
+    Examples
+    --------
+    A 4 mm cube and a segment through it along x:
+
+    >>> cube = Mesh(
+    ...     [[x, y, z] for x in (0, 4) for y in (0, 4) for z in (0, 4)],
+    ...     [[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
+    ...      [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]],
+    ... )
+    >>> surface = Surface("cube", cube)
+    >>> start, end = np.array([-1.0, 1.0, 2.5]), np.array([5.0, 1.0, 2.5])
+    >>> profile = surface.along(start, end, np.array([0.0, 3.0, 6.0]))
+    >>> profile.crossings.tolist(), profile.inside.tolist(), profile.inside_mm
+    ([1.0, 5.0], [False, True, False], 4.0)
+    >>> surface.distance_mm(np.array([[6.0, 1.0, 2.5], [2.0, 2.0, 2.0]])).tolist()
+    [2.0, 2.0]
     """
 
     name: str
@@ -193,27 +211,43 @@ class Surface:
     margin: str | None = None
     blocks: bool = True
     closed: bool = True
-    _tree: Any = field(init=False, repr=False)
-    _distance: Any = field(init=False, repr=False)
-    _enclosed: Any = field(init=False, repr=False)
+    _data: Any = field(init=False, repr=False)
     _bounds: FloatArray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        polydata = _polydata(self.mesh)
+        object.__setattr__(self, "_data", _polydata(self.mesh))
+        object.__setattr__(self, "_bounds", self.mesh.bounds_lps_mm())
+
+    # The locators are built on first use: the body surface (millions of triangles on a
+    # fine CT) is only ever crossed, never measured.
+    @cached_property
+    def _tree(self) -> Any:
         tree = vtkModifiedBSPTree()
-        tree.SetDataSet(polydata)
+        tree.SetDataSet(self._data)
         tree.BuildLocator()
+        return tree
+
+    @cached_property
+    def _distance(self) -> Any:
         distance = vtkImplicitPolyDataDistance()
-        distance.SetInput(polydata)
-        object.__setattr__(self, "_tree", tree)
+        distance.SetInput(self._data)
+        return distance
+
+    @cached_property
+    def _enclosed(self) -> Any:
         enclosed = vtkSelectEnclosedPoints()
         # hits closer than this share of the surface's size count as one; the default
         # (1e-3, a fraction of a mm on a pelvis) merges both walls of a thin shell
         enclosed.SetTolerance(1e-9)
-        enclosed.Initialize(polydata)
-        object.__setattr__(self, "_distance", distance)
-        object.__setattr__(self, "_enclosed", enclosed)
-        object.__setattr__(self, "_bounds", self.mesh.bounds_lps_mm())
+        enclosed.Initialize(self._data)
+        return enclosed
+
+    def build_locators(self, *, distance: bool = True) -> None:
+        """Build the locators now (line intersection, inside test and, with
+        ``distance``, point distance) rather than on first use."""
+        _ = self._tree, self._enclosed
+        if distance:
+            _ = self._distance
 
     def crossings(
         self, start_lps_mm: FloatArray, end_lps_mm: FloatArray
@@ -393,6 +427,10 @@ class SideScene:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_normals", _Normals.of(self.ilium.mesh))
+        for surface in (self.ilium, self.marrow, *self.obstacles):
+            if surface is not None:
+                surface.build_locators()
+        self.body.build_locators(distance=False)
 
     def entering(self, cells: NDArray[np.intp], direction_lps: FloatArray) -> NDArray[np.bool_]:
         """Whether a line along ``direction`` enters the ilium through each triangle."""

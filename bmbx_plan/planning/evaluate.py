@@ -135,7 +135,7 @@ def evaluate(
     c32, d32 = c.astype(np.float32), d.astype(np.float32)
     points = c32[:, None, :] - t[None, :, None] * d32[:, None, :]
     flat, on_grid = fields.lookup(points)
-    inside = _sample(fields.inside, flat) & on_grid
+    inside = fields.inside.reshape(-1)[flat] & on_grid
     if skin_to_cortex_mm is None:
         outside = ~inside
         found = outside.any(axis=1)
@@ -167,7 +167,7 @@ def evaluate(
     bone_points = c32[:, None, :] + tb[None, :, None] * d32[:, None, :]
     bflat, bon = fields.lookup(bone_points)
     core_depth = np.where(bon, _sample(fields.ilium_depth_mm, bflat), -1e3)
-    core_marrow = _sample(fields.marrow, bflat) & bon
+    core_marrow = fields.marrow.reshape(-1)[bflat] & bon
     core_si = np.where(bon, _sample(fields.si_distance_mm, bflat), 0.0)
     apex = fields.landmarks_lps_mm["sciatic_notch_apex"].astype(np.float32)
     notch = np.linalg.norm(bone_points - apex, axis=-1)

@@ -11,7 +11,12 @@ from numpy.typing import ArrayLike, NDArray
 
 from bmbx_plan.anatomy import Anatomy, segment_pelvis
 from bmbx_plan.planning.candidates import direction_grid, directions_from_angles, entry_points
-from bmbx_plan.planning.constraints import HARD_NAMES, constraint_results, hard_passes
+from bmbx_plan.planning.constraints import (
+    HARD_NAMES,
+    ConstraintResult,
+    constraint_results,
+    hard_passes,
+)
 from bmbx_plan.planning.describe import describe
 from bmbx_plan.planning.evaluate import Evaluation, evaluate
 from bmbx_plan.planning.fields import SideFields, side_fields
@@ -202,8 +207,8 @@ class Planner:
             return best
         ei, di = np.nonzero(-(normals @ directions.T) >= np.cos(np.radians(p.max_incidence_deg)))
         local = evaluate(fields, p, points[ei], directions[di], reserve_mm=self.reserve_mm)
-        ok = hard_passes(local, p, has_skin=fields.has_skin, reserve_mm=self.reserve_mm)
-        ok = ok.all(axis=1)
+        verdicts = hard_passes(local, p, has_skin=fields.has_skin, reserve_mm=self.reserve_mm)
+        ok = verdicts.all(axis=1)
         if not ok.any():
             return best
         local_scores = np.where(ok, score(local, p, fields), -np.inf)
@@ -264,7 +269,9 @@ class Planner:
             candidates_evaluated=found.count,
         )
 
-    def _nothing(self, side: Side, reason: str) -> Plan:
+    def _nothing(
+        self, side: Side, reason: str, constraints: tuple[ConstraintResult, ...] = ()
+    ) -> Plan:
         fields = self.fields(side)
         return Plan(
             side=side,
@@ -275,7 +282,7 @@ class Planner:
             ),
             trajectory=None,
             metrics=None,
-            constraints=(),
+            constraints=constraints,
             score=None,
         )
 
@@ -381,9 +388,9 @@ class Planner:
         depth = np.where(on_grid, fields.ilium_depth_mm.reshape(-1)[flat], -1e3)
         entered = np.nonzero(depth > 0)[0]
         if not len(entered):
-            return self._nothing(
-                side, f"the line from the entry to the target never enters the {side.value} ilium."
-            )
+            message = f"The line from the entry to the target never enters the {side.value} ilium."
+            missed = ConstraintResult("reaches_ilium", "hard", False, None, None, "", message)
+            return self._nothing(side, message, (missed,))
         k = int(entered[0])
         if k == 0:
             t_cortex = 0.0

@@ -1,0 +1,224 @@
+"""The planner and the checker on phantoms: expected plan shape, truth, vectorised kernel
+against a slow reference, bad trajectories, designed no-safe-path sides."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+
+from bmbx_phantoms import make_phantom
+from bmbx_phantoms.truth import truth_anatomy
+from bmbx_plan import Anatomy, Planner, PlanningParameters, segment_pelvis
+from bmbx_plan.planning.evaluate import CORE_STEP_MM, PATH_STEP_MM, evaluate
+from bmbx_plan.planning.fields import BLOCKED_MM, SideFields
+from bmbx_plan.planning.parameters import NEEDLES, Side
+
+SCHEMA = Path(__file__).parents[1] / ".." / "shared" / "spec" / "plan.schema.json"
+
+
+@pytest.fixture(scope="module")
+def phantom_case() -> tuple[object, Anatomy, Planner]:
+    phantom = make_phantom(seed=0, position="HFP")
+    anatomy = segment_pelvis(phantom.ct)
+    return phantom, anatomy, Planner(anatomy)
+
+
+@pytest.fixture(scope="module")
+def plans(phantom_case: tuple[object, Anatomy, Planner]) -> dict[str, object]:
+    _, _, planner = phantom_case
+    return {side: planner.plan(side) for side in ("left", "right")}
+
+
+def test_parameters_have_the_domain_defaults_and_refuse_nonsense() -> None:
+    p = PlanningParameters()
+    assert (p.needle.name, p.needle.outer_diameter_mm, p.needle.usable_length_mm) == (
+        "11G-100",
+        3.0,
+        90.0,
+    )
+    assert NEEDLES["8G-100"].outer_diameter_mm == 4.2
+    assert (p.core_length_mm, p.min_core_length_mm, p.max_incidence_deg) == (25.0, 20.0, 40.0)
+    assert p.margins_mm["sciatic_notch"] == 10.0
+    assert p.margins_mm["si_joint"] == 5.0
+    assert p.margins_mm["cortex"] == 2.0
+    assert p.margins_mm["vessels"] == 5.0
+    assert p.with_overrides(in_plane_only=True).max_craniocaudal_limit_deg == 3.0
+    assert p.with_overrides(needle="11G-150").needle.usable_length_mm == 140.0
+    with pytest.raises(ValueError, match="exceeds core_length_mm"):
+        PlanningParameters(core_length_mm=15.0)
+    with pytest.raises(ValueError, match="unknown needle"):
+        p.with_overrides(needle="14G-50")
+    with pytest.raises(ValueError, match="unknown margin"):
+        p.with_overrides(margins_mm={"spleen": 3.0})
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_plan_has_the_expected_shape(plans: dict[str, object], side: str) -> None:
+    plan = plans[side]
+    assert plan.feasible, plan.reasons
+    t, m = plan.trajectory, plan.metrics
+    lateral = Side.parse(side).lateral_sign
+    # skin entry medial to the cortex entry; the needle runs laterally and anteriorly
+    assert lateral * (t.cortex_entry_lps_mm[0] - t.skin_entry_lps_mm[0]) > 0
+    assert t.direction_lps[1] < 0
+    assert m.axial_angle_deg > 0
+    assert abs(m.craniocaudal_angle_deg) <= 30.0
+    assert m.core_length_mm >= 20.0
+    assert m.total_depth_mm <= 90.0
+    assert m.skin_entry_from_midline_mm > 0  # on the biopsied side of the midline
+    assert m.table_position_mm == pytest.approx(t.skin_entry_lps_mm[2])
+    for c in plan.constraints:
+        assert c.passed or c.kind == "soft", c.message
+    assert plan.cross_check is not None
+    assert plan.cross_check.agrees, plan.cross_check
+    assert plan.candidates_evaluated > 50_000
+    assert len(plan.alternatives) >= 1
+    assert len(plan.pareto) >= 1
+    scores = [a.score for a in plan.alternatives]
+    assert all(s <= plan.score + 1e-9 for s in scores)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_planned_trajectory_is_safe_on_the_phantom_truth(
+    phantom_case: tuple[object, Anatomy, Planner], plans: dict[str, object], side: str
+) -> None:
+    phantom, _, _ = phantom_case
+    truth = Planner(truth_anatomy(phantom), PlanningParameters(reserve_mm=0.0))
+    t = plans[side].trajectory
+    judged = truth.check(side, t.skin_entry_lps_mm, t.core_end_lps_mm)
+    assert judged.feasible, [c.message for c in judged.failed]
+
+
+def test_checking_the_plan_reproduces_its_verdict(
+    phantom_case: tuple[object, Anatomy, Planner], plans: dict[str, object]
+) -> None:
+    _, _, planner = phantom_case
+    plan = plans["right"]
+    t = plan.trajectory
+    check = planner.check("right", t.skin_entry_lps_mm, t.core_end_lps_mm)
+    assert check.feasible
+    # the checker finds the cortex by walking the line in 0.25 mm steps on a 1 mm grid
+    assert np.linalg.norm(check.trajectory.cortex_entry_lps_mm - t.cortex_entry_lps_mm) < 1.0
+    assert check.metrics.core_length_mm == pytest.approx(plan.metrics.core_length_mm, abs=1.0)
+
+
+def test_bad_trajectories_fail_the_right_constraints(
+    phantom_case: tuple[object, Anatomy, Planner], plans: dict[str, object]
+) -> None:
+    _, anatomy, planner = phantom_case
+    t = plans["right"].trajectory
+    d = t.direction_lps
+    # overshoot: the core runs 60 mm further, through the wing and out of the bone
+    long = planner.check("right", t.skin_entry_lps_mm, t.core_end_lps_mm + 60.0 * d)
+    assert not long.feasible
+    assert not long.constraint("core_cortex_clearance").passed
+    # straight at the sacrum from the right PSIS region
+    sacrum = anatomy.labels.index_to_lps(np.argwhere(anatomy.mask("sacrum"))).mean(axis=0)
+    entry = t.skin_entry_lps_mm
+    medial = planner.check("right", entry, sacrum)
+    failed = {c.name for c in medial.failed}
+    assert not medial.feasible
+    assert failed & {"si_joint", "core_cortex_clearance", "soft_tissue_path", "reaches_ilium"}
+
+
+def _slow_reference(fields: SideFields, p: PlanningParameters, c: np.ndarray, d: np.ndarray):
+    """Per-point loop with index arithmetic of its own: the obvious reference."""
+
+    def at(array: np.ndarray, point: np.ndarray) -> float | None:
+        index = np.rint(fields.grid.lps_to_index(point[None])[0]).astype(int)
+        if np.any(index < 0) or np.any(index >= np.array(fields.grid.shape)):
+            return None
+        return float(array[tuple(index)])
+
+    skin = None
+    slack = []
+    # the search follows the path as far as a passing plan could need
+    reach = p.needle.usable_length_mm - p.seat_depth_mm - p.min_core_length_mm
+    t = PATH_STEP_MM
+    while t <= reach + 1e-9:
+        point = c - t * d
+        inside = at(fields.inside.astype(float), point)
+        if not inside:
+            skin = t - 0.5 * PATH_STEP_MM
+            break
+        slack.append(at(fields.path_slack_mm, point))
+        t += PATH_STEP_MM
+    if skin is None:
+        skin = t - PATH_STEP_MM + 0.5 * PATH_STEP_MM  # a lower bound, as in the search
+    core = []
+    tb = p.seat_depth_mm
+    while tb <= p.seat_depth_mm + p.core_length_mm + 1e-6:
+        point = c + tb * d
+        core.append((at(fields.ilium_depth_mm, point), at(fields.marrow.astype(float), point)))
+        tb += CORE_STEP_MM
+    return skin, [s for s in slack if s is not None and s > BLOCKED_MM], core
+
+
+def test_vectorised_evaluation_matches_a_slow_reference(
+    phantom_case: tuple[object, Anatomy, Planner], plans: dict[str, object]
+) -> None:
+    _, _, planner = phantom_case
+    fields = planner.fields("right")
+    p = planner.parameters
+    rng = np.random.default_rng(3)
+    t = plans["right"].trajectory
+    entries = t.cortex_entry_lps_mm + rng.normal(0.0, 3.0, size=(12, 3))
+    base = t.direction_lps
+    directions = base + rng.normal(0.0, 0.15, size=(12, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    fast = evaluate(fields, p, entries, directions, core_length_mm=p.core_length_mm)
+    for n in range(len(entries)):
+        skin, slack, core = _slow_reference(fields, p, entries[n], directions[n])
+        if skin is not None:
+            assert fast.skin_to_cortex_mm[n] == pytest.approx(skin, abs=1e-6)
+        depths = [dep for dep, _ in core if dep is not None]
+        if len(depths) == len(core):
+            assert fast.core_clearance_mm[n] == pytest.approx(
+                min(depths) - p.needle.radius_mm, abs=1e-4
+            )
+            marrow = np.mean([m for _, m in core])
+            assert fast.core_marrow_fraction[n] == pytest.approx(marrow, abs=1e-9)
+        if skin is not None and slack and fast.path_blocked_mm[n] == 0:
+            assert fast.path_clearance_mm[n] == pytest.approx(
+                min(slack) - p.needle.radius_mm, abs=1e-4
+            )
+
+
+def test_plan_json_validates_against_the_schema(
+    phantom_case: tuple[object, Anatomy, Planner], plans: dict[str, object], tmp_path: Path
+) -> None:
+    if not SCHEMA.is_file():
+        pytest.skip(f"schema {SCHEMA} is absent")
+    from bmbx_plan import PlanSet
+    from bmbx_plan.planning.planfile import write_plans
+
+    _, anatomy, planner = phantom_case
+    result = PlanSet.of(tuple(plans.values()), planner.parameters, anatomy)
+    written = write_plans(result, tmp_path / "out")
+    document = json.loads(written["plan"].read_text())
+    jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text())).validate(document)
+    assert {"markups_left", "markups_right", "report"} <= set(written)
+    markup = json.loads(written["markups_right"].read_text())
+    assert markup["markups"][0]["coordinateSystem"] == "LPS"
+
+
+@pytest.mark.parametrize(
+    ("preset", "side"), [("thin_wing_left", "left"), ("no_safe_right", "right")]
+)
+def test_designed_no_safe_path_sides_are_infeasible_with_the_right_reason(
+    preset: str, side: str, tmp_path: Path
+) -> None:
+    phantom = make_phantom(seed=5, position="HFP", preset=preset)
+    plan = Planner(segment_pelvis(phantom.ct)).plan(side)
+    assert not plan.feasible
+    assert plan.trajectory is None
+    assert plan.near_miss is not None
+    assert "core_cortex_clearance" in {c.name for c in plan.failed}
+    assert any("Binding: core_cortex_clearance" in r for r in plan.reasons)
+    # the truth agrees that nothing is safe there
+    truth = Planner(truth_anatomy(phantom), PlanningParameters(reserve_mm=0.0)).plan(side)
+    assert not truth.feasible
