@@ -341,3 +341,22 @@ def test_work_grid_blocks_and_carrying_labels_back() -> None:
     wrong = (labels != truth) & bone & ~clefts
     assert not wrong.any()
     assert not labels[~bone].any()
+
+
+def test_cortical_band_holds_the_shell_and_dense_bone_at_any_depth() -> None:
+    from bmbx_plan.anatomy.bone import cortical_band
+
+    hu = np.full((30, 32, 34), 80, np.int16)  # marrow
+    hu[15, :, :] = 1000  # a dense sheet deep inside: two tables meeting
+    hu[3:9, 10:12, 10:12] = 500  # moderately dense: cortex only near the surface
+    bone = np.zeros(hu.shape, bool)
+    bone[2:28, 2:30, 2:32] = True
+    ct = Volume.from_components(hu, spacing_mm=(1.0, 1.0, 1.0))
+    band = cortical_band(bone, ct)
+    assert band[2, 10, 10]
+    assert band[27, 20, 20]
+    assert band[15, 16, 16]  # the deep dense sheet, 13 mm inside
+    assert band[4, 10, 10]  # 500 HU, 3 mm from the background: cortex
+    assert not band[8, 10, 10]  # 500 HU, 7 mm from it: marrow
+    assert not band[10, 16, 16]  # marrow
+    assert not band[0, 0, 0]  # outside the bone

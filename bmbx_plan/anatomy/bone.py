@@ -147,11 +147,21 @@ def _posterior_midline(shell: Mask, ct: Volume, box: tuple[slice, ...]) -> Mask:
     return np.asarray((np.abs(x - mid_x) < _SACRUM_HALF_WIDTH_MM) & (y > mid_y))
 
 
+#: Denser than any marrow (red marrow reaches about 350 HU, sclerotic foci somewhat more):
+#: bone this dense deep inside a wing is cortex, e.g. where a thin wing's two tables meet.
+DEEP_CORTEX_HU = 700.0
+
+
 def cortical_band(
-    bone: Mask, ct: Volume, *, cortex_threshold_hu: float = 400.0, max_depth_mm: float = 3.0
+    bone: Mask,
+    ct: Volume,
+    *,
+    cortex_threshold_hu: float = 400.0,
+    max_depth_mm: float = 3.0,
+    deep_cortex_hu: float = DEEP_CORTEX_HU,
 ) -> Mask:
-    """The cortical shell of ``bone``: its outermost voxel layer, and the dense voxels
-    within ``max_depth_mm`` of its surface.
+    """The cortical shell of ``bone``: its outermost voxel layer, the dense voxels
+    within ``max_depth_mm`` of its surface, and cortical-density voxels at any depth.
 
     Returns
     -------
@@ -168,6 +178,7 @@ def cortical_band(
     # Within max_depth_mm of the surface = not in the erosion by that ball (the scan's
     # edge is no surface: border_value=1, as in a distance transform).
     shallow = sub & ~ndimage.binary_erosion(sub, structure=structure, border_value=1)
-    shallow &= np.asarray(ct.array)[box] >= cortex_threshold_hu
-    band[box] = outer | shallow
+    hu = np.asarray(ct.array)[box]
+    shallow &= hu >= cortex_threshold_hu
+    band[box] = outer | shallow | (sub & (hu >= deep_cortex_hu))
     return band

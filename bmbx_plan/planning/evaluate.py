@@ -172,8 +172,11 @@ def evaluate(
     apex = fields.landmarks_lps_mm["sciatic_notch_apex"].astype(np.float32)
     notch = np.linalg.norm(bone_points - apex, axis=-1)
     in_core = tb[None, :] >= seat - 1e-6
+    # a marrow-only core stops at the first cortex (e.g. where a thin wing's tables meet)
+    marrow_only = core_marrow if parameters.min_marrow_fraction >= 1.0 else True
     ok = (
-        (core_depth - r >= margins["cortex"])
+        marrow_only
+        & (core_depth - r >= margins["cortex"])
         & (notch - r >= margins["sciatic_notch"] + reserve_mm)
         & (core_si - r >= margins["si_joint"] + 2.0 * reserve_mm)
     ) | ~in_core

@@ -130,7 +130,8 @@ class PlanningParameters:
     max_craniocaudal_deg : float
         Gantry tilt range when not in-plane only.
     min_marrow_fraction : float
-        Share of the core axis that must lie in marrow (not cortex).
+        Share of the core axis that must lie in marrow (not cortex): 1, a marrow-only
+        core, by default; lower it to accept a core that grazes cortex.
     entry_search_radius_mm : float
         Cortex entries are searched within this distance of the PSIS.
     max_axial_angle_deg : float
@@ -154,7 +155,7 @@ class PlanningParameters:
     in_plane_only: bool = False
     in_plane_tolerance_deg: float = 3.0
     max_craniocaudal_deg: float = 30.0
-    min_marrow_fraction: float = 0.9
+    min_marrow_fraction: float = 1.0
     entry_search_radius_mm: float = 40.0
     max_axial_angle_deg: float = 60.0
     grid_mm: float = 1.0
