@@ -303,7 +303,9 @@ def side_fields(anatomy: Anatomy, side: Side | str, parameters: PlanningParamete
 
     if anatomy.has_skin:
         inside = in_view & (lab != 0) & (lab != LABELS["table"])
-        passable = (lab == LABELS["body"]) | ilium
+        # air outside the patient is no obstacle (a given skin entry may lie a hair
+        # outside the skin); the table is
+        passable = (lab == LABELS["body"]) | ilium | (lab == 0)
     else:
         inside = in_view
         passable = ((lab == 0) | ilium) & in_view
