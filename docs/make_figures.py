@@ -63,6 +63,54 @@ def main() -> None:
     ax.imshow(coronal, cmap="gray", **WINDOW, aspect=spacing[0] / spacing[2])
     ax.set_axis_off()
     _save(fig, "phantom_coronal.png")
+    _plan_figure(phantom)
+
+
+def _plan_figure(phantom: object) -> None:
+    """The planned paths of both sides on the axial slice of the right skin entry."""
+    from bmbx_plan import plan_trajectory, segment_pelvis
+
+    ct = phantom.ct  # type: ignore[attr-defined]
+    plans = plan_trajectory(segment_pelvis(ct), side="both")
+    right = plans.plan("right")
+    if right.trajectory is None:
+        return
+    k = int(np.rint(ct.lps_to_index([right.trajectory.skin_entry_lps_mm])[0][0]))
+    shape = ct.shape
+    spacing = ct.spacing_mm
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.imshow(ct.array[k][::-1, ::-1], cmap="gray", **WINDOW, aspect=spacing[1] / spacing[2])
+
+    def pixels(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        index = ct.lps_to_index(points)
+        return shape[2] - 1 - index[:, 2], shape[1] - 1 - index[:, 1]
+
+    for plan in plans.plans:
+        t = plan.trajectory
+        if t is None:
+            continue
+        path = np.stack([t.skin_entry_lps_mm, t.cortex_entry_lps_mm])
+        core = np.stack([t.core_start_lps_mm, t.core_end_lps_mm])
+        ax.plot(*pixels(path), color="yellow", linewidth=2)
+        ax.plot(
+            *pixels(np.stack([t.cortex_entry_lps_mm, t.core_start_lps_mm])),
+            color="orange",
+            linewidth=2,
+        )
+        ax.plot(*pixels(core), color="lime", linewidth=3)
+        m = plan.metrics
+        x, y = pixels(t.skin_entry_lps_mm[None])
+        ax.annotate(
+            f"{plan.side.value}: {m.axial_angle_deg:.0f} deg lateral, {m.total_depth_mm:.0f} mm",
+            (x[0], y[0]),
+            xytext=(-6 if plan.side.value == "left" else 6, 10),
+            textcoords="offset points",
+            color="white",
+            fontsize=8,
+            ha="right" if plan.side.value == "left" else "left",
+        )
+    ax.set_axis_off()
+    _save(fig, "plan_axial.png")
 
 
 if __name__ == "__main__":
