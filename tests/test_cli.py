@@ -122,6 +122,22 @@ def phantom_ct(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "ct.nii.gz"
 
 
+def _check(ct: Path, entry: str, target: str, out: Path) -> subprocess.CompletedProcess[str]:
+    return _run(
+        "--quiet",
+        "check",
+        str(ct),
+        "--side",
+        "right",
+        "--entry",
+        entry,
+        "--target",
+        target,
+        "--out",
+        str(out),
+    )
+
+
 def test_plan_and_check_commands_follow_the_contract(phantom_ct: Path, tmp_path: Path) -> None:
     out = tmp_path / "plan"
     result = _run("--quiet", "plan", str(phantom_ct), "--side", "right", "--out", str(out))
@@ -134,38 +150,14 @@ def test_plan_and_check_commands_follow_the_contract(phantom_ct: Path, tmp_path:
     t = document["plans"][0]["trajectory"]
     entry = ",".join(str(v) for v in t["skin_entry_lps_mm"])
     target = ",".join(str(v) for v in t["core_end_lps_mm"])
-    ok = _run(
-        "--quiet",
-        "check",
-        str(phantom_ct),
-        "--side",
-        "right",
-        "--entry",
-        entry,
-        "--target",
-        target,
-        "--out",
-        str(tmp_path / "ok"),
-    )
+    ok = _check(phantom_ct, entry, target, tmp_path / "ok")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     check = json.loads((tmp_path / "ok" / "check.json").read_text())
     assert check["plans"][0]["status"] == "feasible"
     # the same needle pushed 60 mm further leaves the bone: exit 3, check.json says why
     d = t["direction_lps"]
     far = ",".join(str(v + 60.0 * u) for v, u in zip(t["core_end_lps_mm"], d, strict=True))
-    bad = _run(
-        "--quiet",
-        "check",
-        str(phantom_ct),
-        "--side",
-        "right",
-        "--entry",
-        entry,
-        "--target",
-        far,
-        "--out",
-        str(tmp_path / "bad"),
-    )
+    bad = _check(phantom_ct, entry, far, tmp_path / "bad")
     assert bad.returncode == 3, bad.stderr
     failed = json.loads((tmp_path / "bad" / "check.json").read_text())["plans"][0]
     assert failed["status"] == "infeasible"

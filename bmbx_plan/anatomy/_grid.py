@@ -28,6 +28,7 @@ from bmbx_plan.volume import Volume
 __all__ = [
     "WorkGrid",
     "ball",
+    "ball_around",
     "bounding_box",
     "holes_per_slice",
     "lps_coordinate",
@@ -134,6 +135,23 @@ def holes_per_slice(mask: Mask, axis: int, *, max_pixels: float | None = None) -
             hole &= np.bincount(labels.ravel(), minlength=count + 1) <= max_pixels
         out[tuple(slab)] = hole[labels]
     return out
+
+
+def ball_around(
+    index: NDArray[np.int64], radius_mm: float, ct: Volume
+) -> tuple[tuple[slice, ...], Mask]:
+    """The voxels within ``radius_mm`` of voxel ``index``: their box on the grid and the
+    ball clipped to it."""
+    structure = ball(radius_mm, ct.spacing_mm)
+    reach = np.array(structure.shape) // 2
+    lo = np.maximum(index - reach, 0)
+    hi = np.minimum(index + reach + 1, np.array(ct.shape))
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    crop = tuple(
+        slice(int(a - i + r), int(b - i + r))
+        for a, b, i, r in zip(lo, hi, index, reach, strict=True)
+    )
+    return box, structure[crop].copy()
 
 
 @dataclass(frozen=True, eq=False)

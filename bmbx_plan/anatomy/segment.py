@@ -13,7 +13,7 @@ from skimage.segmentation import watershed
 
 from bmbx_plan.anatomy._grid import (
     WorkGrid,
-    ball,
+    ball_around,
     bounding_box,
     lps_coordinate,
     to_full_resolution,
@@ -429,26 +429,9 @@ def _mark_joints_and_notches(
         apex = landmarks[f"sciatic_notch_apex_{side}"]
         index = np.rint(ct.lps_to_index([apex])[0]).astype(int)
         if np.all((index >= 0) & (index < np.array(ct.shape))):
-            box, keepout = _ball_around(index, _NOTCH_KEEPOUT_MM, ct)
+            box, keepout = ball_around(index, _NOTCH_KEEPOUT_MM, ct)
             keepout &= ~_any_bone(split, box)
             np.copyto(labels[box], np.uint8(LABELS[f"sciatic_notch_{side}"]), where=keepout)
-
-
-def _ball_around(
-    index: NDArray[np.int64], radius_mm: float, ct: Volume
-) -> tuple[tuple[slice, ...], Mask]:
-    """The voxels within ``radius_mm`` of voxel ``index``: their box on the grid and the
-    ball clipped to it."""
-    structure = ball(radius_mm, ct.spacing_mm)
-    reach = np.array(structure.shape) // 2
-    lo = np.maximum(index - reach, 0)
-    hi = np.minimum(index + reach + 1, np.array(ct.shape))
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-    crop = tuple(
-        slice(int(a - i + r), int(b - i + r))
-        for a, b, i, r in zip(lo, hi, index, reach, strict=True)
-    )
-    return box, structure[crop].copy()
 
 
 def segment_pelvis(

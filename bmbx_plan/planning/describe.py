@@ -81,7 +81,7 @@ def describe(
     }
     clearances.update(_table_clearances(fields, trajectory, r))
     half = 0.5 * fields.spacing_mm
-    for name, tree in fields.structure_trees().items():
+    for name, tree in fields.structure_trees.items():
         if name in ("sciatic_notch", "si_joint") or not len(needle):
             continue
         distance, _ = tree.query(needle, k=1)

@@ -18,6 +18,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from bmbx_plan.anatomy import LABELS, Anatomy
+from bmbx_plan.anatomy.bone import bounding_box
 from bmbx_plan.anatomy.external import TRAVERSED_RISK_GROUPS
 from bmbx_plan.anatomy.landmarks import si_joint_points
 from bmbx_plan.planning.parameters import PlanningParameters, Side
@@ -115,13 +116,10 @@ class SideFields:
         flat = (kji[..., 0] * shape[1] + kji[..., 1]) * shape[2] + kji[..., 2]
         return flat, ok
 
+    @cached_property
     def structure_trees(self) -> dict[str, cKDTree]:
         """KD-trees of the boundary voxels of every structure reported in
         ``clearances_mm`` (built on first use)."""
-        return self._trees
-
-    @cached_property
-    def _trees(self) -> dict[str, cKDTree]:
         trees = {}
         for name, mask in self._obstacles.items():
             shell = mask & ~ndimage.binary_erosion(mask)
@@ -165,15 +163,6 @@ def _planning_grid(ct: Volume, anatomy: Anatomy, side: Side, grid_mm: float) -> 
     )
 
 
-def _box(mask: Mask, pad: int) -> tuple[slice, ...]:
-    """Bounding box of ``mask`` grown by ``pad`` voxels (clipped to the array)."""
-    slices = []
-    for axis, n in enumerate(mask.shape):
-        hit = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
-        slices.append(slice(max(int(hit[0]) - pad, 0), min(int(hit[-1]) + pad + 1, n)))
-    return tuple(slices)
-
-
 def _distance_outside(mask: Mask, spacing_mm: float, cap_mm: float) -> NDArray[np.float32]:
     """Distance (mm) from each voxel centre outside ``mask`` to the mask's boundary, 0
     inside, at most ``cap_mm`` (computed only where it can be smaller: in the mask's
@@ -181,7 +170,7 @@ def _distance_outside(mask: Mask, spacing_mm: float, cap_mm: float) -> NDArray[n
     out = np.full(mask.shape, cap_mm, np.float32)
     if not mask.any():
         return out
-    box = _box(mask, int(np.ceil(cap_mm / spacing_mm)) + 1)
+    box = bounding_box(mask, int(np.ceil(cap_mm / spacing_mm)) + 1)
     d = ndimage.distance_transform_edt(~mask[box], sampling=spacing_mm).astype(np.float32)
     d -= np.float32(0.5 * spacing_mm)
     np.clip(d, 0.0, cap_mm, out=d)
@@ -213,7 +202,7 @@ def _depth_inside(mask: Mask, spacing_mm: float) -> NDArray[np.float32]:
     out = np.zeros(mask.shape, np.float32)
     if not mask.any():
         return out
-    box = _box(mask, 1)
+    box = bounding_box(mask, 1)
     d = ndimage.distance_transform_edt(mask[box], sampling=spacing_mm).astype(np.float32)
     d -= np.float32(0.5 * spacing_mm)
     np.maximum(d, 0.0, out=d)
@@ -225,7 +214,7 @@ def _outward_normals(mask: Mask, spacing_mm: float) -> NDArray[np.float32]:
     """(K, J, I, 3) outward unit normals (LPS) near the surface of ``mask``, else 0."""
     out = np.zeros((*mask.shape, 3), np.float32)
     sigma = _NORMAL_SIGMA_MM / spacing_mm
-    box = _box(mask, int(np.ceil(3 * sigma)) + 2)
+    box = bounding_box(mask, int(np.ceil(3 * sigma)) + 2)
     smooth = ndimage.gaussian_filter(mask[box].astype(np.float32), sigma)
     # grid axes (k, j, i) are (S, P, L): the LPS gradient is the reversed index gradient
     gradient = np.stack(np.gradient(smooth)[::-1], axis=-1)

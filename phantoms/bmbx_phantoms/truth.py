@@ -8,11 +8,11 @@ proposed plan violates a hard constraint, and to know which phantoms admit a saf
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from bmbx_phantoms.labels import TRUTH_LABELS
 from bmbx_phantoms.phantom import Phantom
 from bmbx_plan.anatomy import LABELS, Anatomy
+from bmbx_plan.anatomy._grid import ball_around
 from bmbx_plan.anatomy.external import ExternalMasks
 from bmbx_plan.anatomy.landmarks import ShapeFit
 
@@ -84,13 +84,13 @@ def truth_anatomy(phantom: Phantom) -> Anatomy:
             for side in ("left", "right")
         )
     }
+    free = body & ~bone & (labels == LABELS["body"])
     for side in ("left", "right"):
         apex = landmarks[f"sciatic_notch_apex_{side}"]
-        index = np.rint(ct.lps_to_index([apex])[0]).astype(int)
-        seed = np.ones(ct.shape, bool)
-        seed[tuple(index)] = False
-        near = ndimage.distance_transform_edt(seed, sampling=ct.spacing_mm) <= _NOTCH_KEEPOUT_MM
-        labels[near & ~bone & body & (labels == LABELS["body"])] = LABELS[f"sciatic_notch_{side}"]
+        index = np.rint(ct.lps_to_index([apex])[0]).astype(np.int64)
+        box, keepout = ball_around(index, _NOTCH_KEEPOUT_MM, ct)
+        region = labels[box]
+        region[keepout & free[box]] = LABELS[f"sciatic_notch_{side}"]
     cortex = np.isin(
         truth, [TRUTH_LABELS["ilium_left_cortex"], TRUTH_LABELS["ilium_right_cortex"]]
     )
