@@ -93,7 +93,9 @@ def segment_bone(
     filled = shell | keep[pieces]
     # Small pieces (noise, calcifications, contrast) are dropped only now: a thin cortex
     # at the threshold breaks into small pieces that still enclose their marrow slices.
-    labels, count = ndimage.label(filled)
+    # Pieces touching along an edge or a corner are one piece: a thin oblique cortex is
+    # often connected only diagonally.
+    labels, count = ndimage.label(filled, structure=np.ones((3, 3, 3), bool))
     sizes = np.bincount(labels[filled], minlength=count + 1)
     big = sizes >= _MIN_PIECE_ML * 1000.0 / ct.voxel_volume_mm3
     big[0] = False

@@ -18,6 +18,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from bmbx_plan.anatomy import LABELS, Anatomy
+from bmbx_plan.anatomy._grid import ball
 from bmbx_plan.anatomy.bone import bounding_box
 from bmbx_plan.anatomy.external import TRAVERSED_RISK_GROUPS
 from bmbx_plan.anatomy.landmarks import si_joint_points
@@ -69,7 +70,8 @@ class SideFields:
         structure's margin; :data:`BLOCKED_MM` on anything a needle may not cross. The
         target ilium is not an obstacle here (see ``ilium_depth_mm``).
     ilium_depth_mm : (K, J, I) float32 ndarray
-        Signed distance to the surface of the target ilium, positive inside.
+        Signed distance to the surface of the target ilium as the needle meets it
+        (closed over pits narrower than the needle), positive inside.
     marrow : (K, J, I) bool ndarray
         Inside the ilium's cortical shell.
     si_distance_mm : (K, J, I) float32 ndarray
@@ -210,6 +212,21 @@ def _depth_inside(mask: Mask, spacing_mm: float) -> NDArray[np.float32]:
     return out
 
 
+def _needle_surface(ilium: Mask, radius_mm: float, spacing_mm: float) -> Mask:
+    """The ilium as the needle meets it: closed by a ball of the needle's radius.
+
+    Pits and canals in the cortex narrower than the needle (nutrient canals, one-voxel
+    notches of a segmentation) cannot take its tip; the needle meets the bone where it
+    bridges them, so depths and normals are measured from that surface.
+    """
+    pad = int(np.ceil(radius_mm / spacing_mm)) + 1
+    box = bounding_box(ilium, pad)
+    element = ball(radius_mm, np.full(3, spacing_mm))
+    out = ilium.copy()
+    out[box] |= ndimage.binary_closing(ilium[box], structure=element, border_value=0)
+    return out
+
+
 def _outward_normals(mask: Mask, spacing_mm: float) -> NDArray[np.float32]:
     """(K, J, I, 3) outward unit normals (LPS) near the surface of ``mask``, else 0."""
     out = np.zeros((*mask.shape, 3), np.float32)
@@ -300,9 +317,10 @@ def side_fields(anatomy: Anatomy, side: Side | str, parameters: PlanningParamete
         passable = ((lab == 0) | ilium) & in_view
     slack[~passable] = BLOCKED_MM
 
-    depth = _depth_inside(ilium, g) - _distance_outside(ilium, g, _DEPTH_CAP_MM)
+    surface = _needle_surface(ilium, parameters.needle.radius_mm, g)
+    depth = _depth_inside(surface, g) - _distance_outside(surface, g, _DEPTH_CAP_MM)
     si_distance = _distance_outside(obstacles["sacrum"] | obstacles["si_joint"], g, _CAP_MM)
-    normal = _outward_normals(ilium, g)
+    normal = _outward_normals(surface, g)
 
     landmarks = {
         "psis": anatomy.landmarks_lps_mm[f"psis_{s}"],

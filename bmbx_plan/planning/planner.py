@@ -40,6 +40,9 @@ _REFINE_STEP_DEG = 0.5
 _ALTERNATIVES = 3
 _PARETO_POOL = 300
 _PARETO_KEEP = 10
+# Re-evaluations as drawn per plan (each about a millisecond); candidates whose drawn
+# version fails are skipped.
+_DRAWN_TRIES = 200
 # The checker walks the line from the skin entry in steps this fine to find the cortex.
 _CHECK_STEP_MM = 0.25
 
@@ -164,21 +167,39 @@ class Planner:
         if not feasible.any():
             return self._infeasible(side, fields, found, passes, scores)
         self._say(f"{side.value}: refining")
-        best = self._refine(
-            fields, found.take(np.array([np.argmax(np.where(feasible, scores, -np.inf))]))
-        )
         order = np.argsort(-np.where(feasible, scores, -np.inf), kind="stable")[
             : int(feasible.sum())
         ]
+        best = self._refine(fields, found.take(order[:1]))
         pool = Evaluation.concatenate([best, found])
         pool_order = np.concatenate([[0], order + 1])
-        chosen = distinct(pool, pool_order, _ALTERNATIVES + 1)
-        alternatives = tuple(
-            self._alternative(fields, pool.take(np.array([i]))) for i in chosen[1:]
-        )
+        # Every proposal is re-evaluated as a user would draw it (skin entry to core
+        # end, the cortex entry found on the line), so a plan checked as drawn passes.
+        drawn: dict[int, Evaluation] = {}
+        budget = [_DRAWN_TRIES]
+
+        def accept(index: int) -> bool:
+            if index not in drawn and budget[0] > 0:
+                budget[0] -= 1
+                row = self._drawn_passing(fields, pool.take(np.array([index])))
+                if row is not None:
+                    drawn[index] = row
+            return index in drawn
+
+        chosen = distinct(pool, pool_order, _ALTERNATIVES + 1, accept)
+        if not chosen:
+            return self._nothing(
+                side,
+                f"none of the {_DRAWN_TRIES} best of {found.count:,} candidates passes every "
+                "hard constraint when re-checked as drawn (skin entry to core end).",
+            )
+        # ranked again by the scores as drawn, which differ from the search's a little
+        rows = sorted((drawn[i] for i in chosen), key=lambda r: -score(r, p, fields)[0])
+        best = rows[0]
+        alternatives = tuple(self._alternative(fields, row) for row in rows[1:])
         front = order[:_PARETO_POOL]
-        front = front[pareto_front(found.take(front), p)][:_PARETO_KEEP]
-        pareto = tuple(self._alternative(fields, found.take(np.array([i]))) for i in front)
+        front = front[pareto_front(found.take(front), p)][:_PARETO_KEEP] + 1
+        pareto = tuple(self._alternative(fields, drawn[i]) for i in front if accept(int(i)))
         plan = self._plan_of(
             fields,
             best,
@@ -375,12 +396,28 @@ class Planner:
         """
         side = Side.parse(side)
         fields = self.fields(side)
-        p = self.parameters
         skin = np.asarray(skin_entry_lps_mm, np.float64).reshape(3)
         target = np.asarray(target_lps_mm, np.float64).reshape(3)
-        length = float(np.linalg.norm(target - skin))
-        if not length > 0:
+        if not np.linalg.norm(target - skin) > 0:
             raise ValueError("the skin entry and the target are the same point")
+        row = self._as_drawn(fields, skin, target)
+        if row is None:
+            message = f"The line from the entry to the target never enters the {side.value} ilium."
+            missed = ConstraintResult("reaches_ilium", "hard", False, None, None, "", message)
+            return self._nothing(side, message, (missed,))
+        plan = self._plan_of(fields, row, status="check")
+        if cross_check and plan.trajectory is not None:
+            plan = self._cross_checked(plan)
+        return plan
+
+    def _as_drawn(
+        self, fields: SideFields, skin: FloatArray, target: FloatArray
+    ) -> Evaluation | None:
+        """The trajectory from ``skin`` to ``target`` as a user would draw it: the cortex
+        entry is where the line first enters the ilium, the core ends at the target.
+        None when the line never enters the ilium."""
+        p = self.parameters
+        length = float(np.linalg.norm(target - skin))
         d = (target - skin) / length
         t = np.arange(0.0, length + 1e-9, _CHECK_STEP_MM)
         samples = (skin + t[:, None] * d).astype(np.float32)
@@ -388,29 +425,37 @@ class Planner:
         depth = np.where(on_grid, fields.ilium_depth_mm.reshape(-1)[flat], -1e3)
         entered = np.nonzero(depth > 0)[0]
         if not len(entered):
-            message = f"The line from the entry to the target never enters the {side.value} ilium."
-            missed = ConstraintResult("reaches_ilium", "hard", False, None, None, "", message)
-            return self._nothing(side, message, (missed,))
+            return None
         k = int(entered[0])
         if k == 0:
             t_cortex = 0.0
         else:  # linear zero crossing between the last sample outside and the first inside
             d0, d1 = float(depth[k - 1]), float(depth[k])
             t_cortex = float(t[k - 1] + (t[k] - t[k - 1]) * (-d0) / (d1 - d0))
-        cortex = skin + t_cortex * d
         core = max(length - t_cortex - p.seat_depth_mm, 0.0)
-        row = evaluate(
+        return evaluate(
             fields,
             p,
-            cortex[None],
+            (skin + t_cortex * d)[None],
             d[None],
             core_length_mm=np.array([core]),
             skin_to_cortex_mm=np.array([t_cortex]),
         )
-        plan = self._plan_of(fields, row, status="check")
-        if cross_check and plan.trajectory is not None:
-            plan = self._cross_checked(plan)
-        return plan
+
+    def _drawn_passing(self, fields: SideFields, row: Evaluation) -> Evaluation | None:
+        """``row`` re-evaluated as drawn (skin entry to core end, as :meth:`check` sees
+        it), or None when that fails a hard constraint with the search's reserve."""
+        core_end = (
+            row.cortex_entry
+            + (self.parameters.seat_depth_mm + row.core_length_mm[:, None]) * row.direction
+        )
+        drawn = self._as_drawn(fields, row.skin_entry()[0], core_end[0])
+        if drawn is None:
+            return None
+        ok = hard_passes(
+            drawn, self.parameters, has_skin=fields.has_skin, reserve_mm=self.reserve_mm
+        )
+        return drawn if ok.all() else None
 
 
 def _anatomy(source: Anatomy | Volume, progress: Progress | None) -> Anatomy:

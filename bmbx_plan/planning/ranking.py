@@ -19,6 +19,8 @@ wing alignment     0.10    the needle runs along the wing (PSIS toward ASIS)
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -75,9 +77,14 @@ def score(
     return total
 
 
-def distinct(evaluation: Evaluation, order: NDArray[np.intp], count: int) -> list[int]:
+def distinct(
+    evaluation: Evaluation,
+    order: NDArray[np.intp],
+    count: int,
+    accept: Callable[[int], bool] | None = None,
+) -> list[int]:
     """Up to ``count`` rows taken in ``order`` (best first), each distinct from all taken
-    before (cortex entry or direction differs enough)."""
+    before (cortex entry or direction differs enough) and, if given, ``accept``-ed."""
     chosen: list[int] = []
     cos_limit = np.cos(np.radians(DISTINCT_ANGLE_DEG))
     for index in order:
@@ -86,7 +93,7 @@ def distinct(evaluation: Evaluation, order: NDArray[np.intp], count: int) -> lis
             np.linalg.norm(c - evaluation.cortex_entry[j]) >= DISTINCT_ENTRY_MM
             or float(d @ evaluation.direction[j]) <= cos_limit
             for j in chosen
-        ):
+        ) and (accept is None or accept(int(index))):
             chosen.append(int(index))
             if len(chosen) == count:
                 break
