@@ -106,6 +106,34 @@ def test_checking_the_plan_reproduces_its_verdict(
     assert check.metrics.core_length_mm == pytest.approx(plan.metrics.core_length_mm, abs=1.0)
 
 
+def test_every_proposal_passes_when_checked_as_drawn(
+    phantom_case: tuple[object, Anatomy, Planner], plans: dict[str, object]
+) -> None:
+    _, _, planner = phantom_case
+    for side, plan in plans.items():
+        proposals = [plan, *plan.alternatives, *plan.pareto]
+        for proposal in proposals:
+            t = proposal.trajectory
+            check = planner.check(side, t.skin_entry_lps_mm, t.core_end_lps_mm)
+            assert check.feasible, (side, [c.message for c in check.failed])
+            # the proposal is the checker's own reading of the line
+            assert np.allclose(check.trajectory.cortex_entry_lps_mm, t.cortex_entry_lps_mm)
+
+
+def test_the_needle_meets_the_bone_over_pits_narrower_than_itself() -> None:
+    from bmbx_plan.planning.fields import _needle_surface
+
+    bone = np.zeros((40, 40, 40), bool)
+    bone[:, :, 20:] = True  # a flat bone surface facing -i
+    bone[18:20, 18:20, 20:26] = False  # a canal 2 mm wide, 6 mm deep
+    bone[5:13, 5:13, 20:26] = False  # a pit 8 mm wide
+    surface = _needle_surface(bone, 1.5, 1.0)  # an 11G needle: 1.5 mm radius
+    assert surface[bone].all()
+    assert surface[18:20, 18:20, 20:26].all()  # the 3 mm needle cannot enter the canal
+    assert not surface[7:11, 7:11, 20:25].any()  # it can enter the pit
+    assert not surface[:, :, :20].any()  # the flat surface stays where it is
+
+
 def test_bad_trajectories_fail_the_right_constraints(
     phantom_case: tuple[object, Anatomy, Planner], plans: dict[str, object]
 ) -> None:

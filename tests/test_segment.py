@@ -360,3 +360,17 @@ def test_cortical_band_holds_the_shell_and_dense_bone_at_any_depth() -> None:
     assert not band[8, 10, 10]  # 500 HU, 7 mm from it: marrow
     assert not band[10, 16, 16]  # marrow
     assert not band[0, 0, 0]  # outside the bone
+
+
+def test_thin_oblique_cortex_connected_only_across_edges_is_kept() -> None:
+    from bmbx_plan.anatomy.bone import segment_bone
+
+    hu = np.full((40, 40, 40), 40, np.int16)
+    k, j, i = np.indices(hu.shape)
+    plate = (j + i == 40) & (k > 2) & (k < 37)  # one voxel thick, 45 deg to the axes
+    hu[plate] = 1000
+    ct = Volume.from_components(hu, spacing_mm=(2.0, 2.0, 2.0))
+    # face-connected, the plate falls into lines along k of 34 voxels (0.27 mL each),
+    # each below the smallest piece of bone kept
+    bone = segment_bone(ct)
+    assert bone[plate].all()

@@ -127,8 +127,44 @@ def run_case(case: Case, *, cross_check: bool = True) -> list[dict[str, Any]]:
     return rows
 
 
+#: Columns of the study's CSV, one row per side (or one per case that failed to run).
+FIELDS = [
+    "seed",
+    "preset",
+    "position",
+    "side",
+    "status",
+    "needle",
+    "truth_admits",
+    "truth_admits_with_reserve",
+    "truth_binding",
+    "binding",
+    "violations",
+    "cross_check_agrees",
+    "core_clearance_mm",
+    "truth_core_clearance_mm",
+    "core_length_mm",
+    "candidates",
+    "seconds",
+    "error",
+]
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of an earlier run's CSV, with its flags as booleans again."""
+    flags = {"truth_admits", "truth_admits_with_reserve", "cross_check_agrees"}
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        for key in flags & row.keys():
+            row[key] = {"True": True, "False": False}.get(row[key], row[key])
+    return rows
+
+
 def summarize(rows: Sequence[dict[str, Any]]) -> str:
     """The study's table: safety, yield and the designed infeasible sides."""
+    failed = [r for r in rows if r["status"] == "error"]
+    rows = [r for r in rows if r["status"] != "error"]
     designed = [r for r in rows if (r["preset"], r["side"]) in DESIGNED_INFEASIBLE]
     regular = [r for r in rows if (r["preset"], r["side"]) not in DESIGNED_INFEASIBLE]
     proposed = [r for r in rows if r["status"] == "feasible"]
@@ -146,7 +182,9 @@ def summarize(rows: Sequence[dict[str, Any]]) -> str:
     disagree = [r for r in proposed if r["cross_check_agrees"] is False]
     cases = {(r["seed"], r["preset"], r["position"]) for r in rows}
     lines = [
-        f"phantoms: {len(cases)}, sides planned: {len(rows)}",
+        f"phantoms: {len(cases)}, sides planned: {len(rows)}"
+        + (f"; phantoms that could not be built or run: {len(failed)}" if failed else ""),
+        *(f"- seed {r['seed']} {r['preset']} {r['position']}: {r['error']}" for r in failed),
         "",
         "| measure | count | share |",
         "|---|---|---|",
@@ -186,10 +224,28 @@ def _share(part: int, whole: int) -> str:
     return f"{100.0 * part / whole:.1f} %" if whole else "-"
 
 
+def _run_or_report(case: Case, *, cross_check: bool) -> list[dict[str, Any]]:
+    """:func:`run_case`, or one row saying why the case could not be run (a phantom the
+    generator cannot build must not end a long study)."""
+    try:
+        return run_case(case, cross_check=cross_check)
+    except Exception as error:  # reported in the table, not hidden
+        return [
+            {
+                "seed": case.seed,
+                "preset": case.preset,
+                "position": case.position,
+                "side": "",
+                "status": "error",
+                "error": f"{type(error).__name__}: {error}",
+            }
+        ]
+
+
 def _run_all(
     cases: Iterable[Case], workers: int, *, cross_check: bool
 ) -> Iterator[list[dict[str, Any]]]:
-    run = partial(run_case, cross_check=cross_check)
+    run = partial(_run_or_report, cross_check=cross_check)
     if workers <= 1:
         yield from map(run, cases)
         return
@@ -209,16 +265,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-cross-check", action="store_true", help="skip the independent cross-check"
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows already in --out and run only the cases missing there",
+    )
     args = parser.parse_args(argv)
     cases = cohort_cases(args.cases, first_seed=args.first_seed)
     rows: list[dict[str, Any]] = []
+    if args.resume and args.out is not None and args.out.exists():
+        rows = _read_rows(args.out)
+        done = {int(r["seed"]) for r in rows}
+        cases = [c for c in cases if c.seed not in done]
+    sink = None
+    if args.out is not None:  # every case is written as soon as it is done
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        handle = args.out.open("w", newline="")
+        sink = csv.DictWriter(handle, fieldnames=FIELDS, restval="")
+        sink.writeheader()
+        sink.writerows(rows)
     start = time.perf_counter()
     for n, case_rows in enumerate(
         _run_all(cases, args.workers, cross_check=not args.no_cross_check), start=1
     ):
         rows.extend(case_rows)
+        if sink is not None:
+            sink.writerows(case_rows)
+            handle.flush()
         status = ", ".join(
-            f"{r['side']} {r['status']}{' VIOLATION' if r['violations'] else ''}"
+            f"{r['side']} {r['status']}{' VIOLATION' if r.get('violations') else ''}"
+            f"{' ' + r['error'] if r.get('error') else ''}"
             for r in case_rows
         )
         print(
@@ -227,13 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
-    if args.out is not None:
-        partial = args.out.with_name(args.out.name + ".partial")
-        with partial.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        partial.replace(args.out)
+    if sink is not None:
+        handle.close()
     print(summarize(rows))
     return 0
 
