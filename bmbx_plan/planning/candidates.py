@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from bmbx_plan.anatomy import LABELS
 from bmbx_plan.mesh import mesh_from_mask
 from bmbx_plan.planning.fields import SideFields
 from bmbx_plan.planning.parameters import PlanningParameters
@@ -72,7 +71,7 @@ def entry_points(
     near = (
         (centres(0) - psis[0]) ** 2 + (centres(1) - psis[1]) ** 2 + (centres(2) - psis[2]) ** 2
     ) <= (radius + 3.0 * fields.spacing_mm) ** 2
-    ilium = (np.asarray(grid.array) == LABELS[f"ilium_{fields.side.value}"]) & near
+    ilium = (fields.entry_depth_mm > 0) & near  # the bone as the needle meets it
     if not ilium.any():
         return np.zeros((0, 3)), np.zeros((0, 3))
     points = mesh_from_mask(ilium, grid).vertices_lps_mm

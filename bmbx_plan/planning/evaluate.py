@@ -148,7 +148,7 @@ def evaluate(
         skin = np.asarray(skin_to_cortex_mm, np.float64).reshape(n)
         before = t[None, :] < skin[:, None]
     slack = np.where(on_grid, _sample(fields.path_slack_mm, flat), BLOCKED_MM)
-    depth = _sample(fields.ilium_depth_mm, flat)
+    depth = _sample(fields.entry_depth_mm, flat)
     # the needle axis must leave the target ilium behind at once, its surface by the
     # needle radius further back
     normal = fields.normal_lps.reshape(-1, 3)[fields.lookup(c32)[0]]

@@ -70,8 +70,11 @@ class SideFields:
         structure's margin; :data:`BLOCKED_MM` on anything a needle may not cross. The
         target ilium is not an obstacle here (see ``ilium_depth_mm``).
     ilium_depth_mm : (K, J, I) float32 ndarray
-        Signed distance to the surface of the target ilium as the needle meets it
-        (closed over pits narrower than the needle), positive inside.
+        Signed distance to the surface of the target ilium, positive inside (the core's
+        clearance).
+    entry_depth_mm : (K, J, I) float32 ndarray
+        The same for the ilium as the needle meets it, closed over pits narrower than
+        the needle: where the needle enters the bone and how it approaches.
     marrow : (K, J, I) bool ndarray
         Inside the ilium's cortical shell.
     si_distance_mm : (K, J, I) float32 ndarray
@@ -91,6 +94,7 @@ class SideFields:
     inside: Mask
     path_slack_mm: NDArray[np.float32]
     ilium_depth_mm: NDArray[np.float32]
+    entry_depth_mm: NDArray[np.float32]
     marrow: Mask
     si_distance_mm: NDArray[np.float32]
     normal_lps: NDArray[np.float32]
@@ -318,7 +322,8 @@ def side_fields(anatomy: Anatomy, side: Side | str, parameters: PlanningParamete
     slack[~passable] = BLOCKED_MM
 
     surface = _needle_surface(ilium, parameters.needle.radius_mm, g)
-    depth = _depth_inside(surface, g) - _distance_outside(surface, g, _DEPTH_CAP_MM)
+    depth = _depth_inside(ilium, g) - _distance_outside(ilium, g, _DEPTH_CAP_MM)
+    entry_depth = _depth_inside(surface, g) - _distance_outside(surface, g, _DEPTH_CAP_MM)
     si_distance = _distance_outside(obstacles["sacrum"] | obstacles["si_joint"], g, _CAP_MM)
     normal = _outward_normals(surface, g)
 
@@ -335,6 +340,7 @@ def side_fields(anatomy: Anatomy, side: Side | str, parameters: PlanningParamete
         inside=inside,
         path_slack_mm=slack,
         ilium_depth_mm=depth,
+        entry_depth_mm=entry_depth,
         marrow=ilium & ~cortex,
         si_distance_mm=si_distance,
         normal_lps=normal,

@@ -422,7 +422,7 @@ class Planner:
         t = np.arange(0.0, length + 1e-9, _CHECK_STEP_MM)
         samples = (skin + t[:, None] * d).astype(np.float32)
         flat, on_grid = fields.lookup(samples)
-        depth = np.where(on_grid, fields.ilium_depth_mm.reshape(-1)[flat], -1e3)
+        depth = np.where(on_grid, fields.entry_depth_mm.reshape(-1)[flat], -1e3)
         entered = np.nonzero(depth > 0)[0]
         if not len(entered):
             return None
