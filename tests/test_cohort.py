@@ -32,3 +32,48 @@ def test_cohort_subset_proposes_no_unsafe_plan() -> None:
         "| designed no-safe-path sides infeasible with the right binding constraint | 1 of 1"
         in table
     )
+
+
+def test_a_case_that_cannot_run_is_reported_and_the_study_resumes(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    from bmbx_phantoms import cohort
+
+    def fake_run(case: Case, *, cross_check: bool = True) -> list[dict]:
+        if case.seed == 1001:
+            raise RuntimeError("no acetabulum")
+        return [
+            {
+                "seed": case.seed,
+                "preset": case.preset,
+                "position": case.position,
+                "side": side,
+                "status": "feasible",
+                "truth_admits": True,
+                "truth_admits_with_reserve": side == "left",
+                "violations": "",
+                "binding": "",
+                "cross_check_agrees": True,
+            }
+            for side in ("left", "right")
+        ]
+
+    monkeypatch.setattr(cohort, "run_case", fake_run)
+    out = tmp_path / "cohort.csv"
+    assert cohort.main(["--cases", "3", "--workers", "1", "--out", str(out)]) == 0
+    first = capsys.readouterr().out
+    assert "could not be built or run: 1" in first
+    assert "seed 1001" in first
+    assert "no acetabulum" in first
+    # a resumed run keeps the rows written and runs only what is missing
+    seen: list[int] = []
+    monkeypatch.setattr(
+        cohort,
+        "run_case",
+        lambda case, cross_check=True: seen.append(case.seed) or fake_run(case),
+    )
+    assert cohort.main(["--cases", "4", "--workers", "1", "--out", str(out), "--resume"]) == 0
+    assert seen == [1003]
+    resumed = capsys.readouterr().out
+    # flags read back from the CSV count as booleans: 3 of the 6 sides admit with reserve
+    assert "with the planner's reserve | 3 |" in resumed
