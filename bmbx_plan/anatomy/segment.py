@@ -66,9 +66,7 @@ _SACRUM_COMPLETION_MM = 8.0
 # marks where the neurovascular bundle runs.
 _NOTCH_KEEPOUT_MM = 10.0
 # The SI joint region: non-bone voxels this close to both the sacrum and that ilium.
-# Behind the auricular surfaces the bones stay 4-6 mm apart around the interosseous
-# ligament, which belongs to the joint a needle must keep away from.
-_SI_JOINT_REACH_MM = 6.0
+_SI_JOINT_REACH_MM = 4.0
 # The bones of the label map the separation passes hand back to the CT grid.
 _BONES = ("ilium_left", "ilium_right", "sacrum", "lumbar_spine", "femur_left", "femur_right")
 # The crest must lie this far below the top of the scan, and the notch apex this far

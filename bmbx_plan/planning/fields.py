@@ -47,6 +47,11 @@ _NORMAL_SIGMA_MM = 2.0
 # Distances beyond these are never binding (the largest margin is 10 mm, the score
 # saturates 20 mm beyond a margin), so they are computed only up to here.
 _CAP_MM = 40.0
+# The planner keeps away from the SI joint including its ligaments: behind the auricular
+# surfaces the bones stay 4-6 mm apart around the interosseous ligament. Soft tissue this
+# close to both the sacrum and the ilium counts as joint (the segmented cleft is the part
+# within 4 mm).
+_SI_LIGAMENT_MM = 6.0
 _DEPTH_CAP_MM = 10.0
 
 
@@ -216,6 +221,14 @@ def _depth_inside(mask: Mask, spacing_mm: float) -> NDArray[np.float32]:
     return out
 
 
+def _ligament_space(sacrum: Mask, ilium: Mask, spacing_mm: float) -> Mask:
+    """Soft tissue within :data:`_SI_LIGAMENT_MM` of both the sacrum and the ilium."""
+    cap = _SI_LIGAMENT_MM + spacing_mm
+    near_sacrum = _distance_outside(sacrum, spacing_mm, cap) <= _SI_LIGAMENT_MM
+    near_ilium = _distance_outside(ilium, spacing_mm, cap) <= _SI_LIGAMENT_MM
+    return near_sacrum & near_ilium & ~sacrum & ~ilium
+
+
 def _needle_surface(ilium: Mask, radius_mm: float, spacing_mm: float) -> Mask:
     """The ilium as the needle meets it: closed by a ball of the needle's radius.
 
@@ -282,6 +295,7 @@ def side_fields(anatomy: Anatomy, side: Side | str, parameters: PlanningParamete
     # The segmented joint is only the visible cleft; the fitted pelvis adds both
     # auricular surfaces, where the joint is even when it is narrow or partly fused.
     obstacles["si_joint"] |= _rasterized(_auricular_points(anatomy, side), grid)
+    obstacles["si_joint"] |= _ligament_space(obstacles["sacrum"], ilium, g)
     if anatomy.external is not None:
         for group, mask in anatomy.external.risk_masks().items():
             if group in TRAVERSED_RISK_GROUPS:
