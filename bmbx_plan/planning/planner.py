@@ -17,7 +17,7 @@ from bmbx_plan.planning.constraints import (
     constraint_results,
     hard_passes,
 )
-from bmbx_plan.planning.describe import describe
+from bmbx_plan.planning.describe import describe, trajectory_of
 from bmbx_plan.planning.evaluate import Evaluation, evaluate
 from bmbx_plan.planning.fields import SideFields, side_fields
 from bmbx_plan.planning.parameters import NEEDLES, PlanningParameters, Side
@@ -176,11 +176,12 @@ class Planner:
         # Every proposal is re-evaluated as a user would draw it (skin entry to core
         # end, the cortex entry found on the line), so a plan checked as drawn passes.
         drawn: dict[int, Evaluation] = {}
-        budget = [_DRAWN_TRIES]
+        budget = _DRAWN_TRIES
 
         def accept(index: int) -> bool:
-            if index not in drawn and budget[0] > 0:
-                budget[0] -= 1
+            nonlocal budget
+            if index not in drawn and budget > 0:
+                budget -= 1
                 row = self._drawn_passing(fields, pool.take(np.array([index])))
                 if row is not None:
                     drawn[index] = row
@@ -445,11 +446,8 @@ class Planner:
     def _drawn_passing(self, fields: SideFields, row: Evaluation) -> Evaluation | None:
         """``row`` re-evaluated as drawn (skin entry to core end, as :meth:`check` sees
         it), or None when that fails a hard constraint with the search's reserve."""
-        core_end = (
-            row.cortex_entry
-            + (self.parameters.seat_depth_mm + row.core_length_mm[:, None]) * row.direction
-        )
-        drawn = self._as_drawn(fields, row.skin_entry()[0], core_end[0])
+        trajectory = trajectory_of(row, self.parameters)
+        drawn = self._as_drawn(fields, trajectory.skin_entry_lps_mm, trajectory.core_end_lps_mm)
         if drawn is None:
             return None
         ok = hard_passes(

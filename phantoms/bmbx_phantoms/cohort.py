@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -273,38 +274,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cases = cohort_cases(args.cases, first_seed=args.first_seed)
     rows: list[dict[str, Any]] = []
-    if args.resume and args.out is not None and args.out.exists():
+    resuming = args.resume and args.out is not None and args.out.exists()
+    if resuming:
         rows = _read_rows(args.out)
         done = {int(r["seed"]) for r in rows}
         cases = [c for c in cases if c.seed not in done]
-    sink = None
-    if args.out is not None:  # every case is written as soon as it is done
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        handle = args.out.open("w", newline="")
-        sink = csv.DictWriter(handle, fieldnames=FIELDS, restval="")
-        sink.writeheader()
-        sink.writerows(rows)
-    start = time.perf_counter()
-    for n, case_rows in enumerate(
-        _run_all(cases, args.workers, cross_check=not args.no_cross_check), start=1
-    ):
-        rows.extend(case_rows)
-        if sink is not None:
-            sink.writerows(case_rows)
-            handle.flush()
-        status = ", ".join(
-            f"{r['side']} {r['status']}{' VIOLATION' if r.get('violations') else ''}"
-            f"{' ' + r['error'] if r.get('error') else ''}"
-            for r in case_rows
-        )
-        print(
-            f"[{n}/{len(cases)} {time.perf_counter() - start:.0f} s] seed {case_rows[0]['seed']} "
-            f"{case_rows[0]['preset']} {case_rows[0]['position']}: {status}",
-            file=sys.stderr,
-            flush=True,
-        )
-    if sink is not None:
-        handle.close()
+    with ExitStack() as stack:
+        sink = None
+        if args.out is not None:  # every case is appended as soon as it is done
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            handle = stack.enter_context(args.out.open("a" if resuming else "w", newline=""))
+            sink = csv.DictWriter(handle, fieldnames=FIELDS, restval="")
+            if not resuming:
+                sink.writeheader()
+        start = time.perf_counter()
+        for n, case_rows in enumerate(
+            _run_all(cases, args.workers, cross_check=not args.no_cross_check), start=1
+        ):
+            rows.extend(case_rows)
+            if sink is not None:
+                sink.writerows(case_rows)
+                handle.flush()
+            status = ", ".join(
+                f"{r['side']} {r['status']}{' VIOLATION' if r.get('violations') else ''}"
+                f"{' ' + r['error'] if r.get('error') else ''}"
+                for r in case_rows
+            )
+            print(
+                f"[{n}/{len(cases)} {time.perf_counter() - start:.0f} s] "
+                f"seed {case_rows[0]['seed']} {case_rows[0]['preset']} "
+                f"{case_rows[0]['position']}: {status}",
+                file=sys.stderr,
+                flush=True,
+            )
     print(summarize(rows))
     return 0
 
