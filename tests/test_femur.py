@@ -19,6 +19,7 @@ from bmbx_phantoms.femur import (
 )
 from bmbx_phantoms.labels import ilium_labels
 from bmbx_phantoms.phantom import Phantom
+from bmbx_plan.mesh import Mesh
 
 # Small phantoms keep the suite fast; the anatomy is the same at any voxel size.
 SMALL: dict[str, Any] = {"pixel_spacing_mm": 3.0, "slice_spacing_mm": 3.0}
@@ -152,6 +153,24 @@ def test_acetabulum_rejects_a_wrong_search_region(phantom: Phantom) -> None:
         acetabulum(phantom.shape.left_hip, aiis_lps_mm=marks["psis_left"], side="left")
     with pytest.raises(ValueError, match="side"):
         acetabulum(phantom.shape.left_hip, aiis_lps_mm=marks["aiis_left"], side="up")
+
+
+@pytest.mark.parametrize("scale", [0.85, 1.2])
+def test_acetabulum_is_found_on_small_and_large_cups(phantom: Phantom, scale: float) -> None:
+    """The fit starts from the radius the votes agree on, not from a fixed adult radius:
+    a hip scaled about its AIIS has its cup scaled alike (a 25 mm start with a 4 mm band
+    found no cup on a large hip of the shape model)."""
+    marks = landmarks(phantom.shape)
+    for side in SIDES:
+        hip = getattr(phantom.shape, f"{side}_hip")
+        aiis = marks[f"aiis_{side}"]
+        centre, radius = acetabulum(hip, aiis_lps_mm=aiis, side=side)
+        scaled = Mesh(aiis + scale * (hip.vertices_lps_mm - aiis), hip.faces)
+        scaled_centre, scaled_radius = acetabulum(scaled, aiis_lps_mm=aiis, side=side)
+        # Vertices move in and out of the 4 mm band as the cup scales; the fit may move by
+        # a small fraction of a voxel-free mesh's edge length (~2 mm).
+        assert scaled_radius == pytest.approx(scale * radius, abs=1.0), side
+        assert np.linalg.norm(scaled_centre - (aiis + scale * (centre - aiis))) < 2.0, side
 
 
 def test_proximal_femur_points_the_neck_lateral_down_and_back() -> None:

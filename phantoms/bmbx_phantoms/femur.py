@@ -57,7 +57,6 @@ _SEARCH_MM = 100.0
 _FACING_COS = float(np.cos(np.radians(35.0)))
 _BAND_MM = 4.0
 _FIT_ITERATIONS = 20
-_START_RADIUS_MM = 25.0
 # Validation limits.
 _RADIUS_RANGE_MM = (16.0, 34.0)
 _MIN_CUP_VERTICES = 40
@@ -82,8 +81,9 @@ def _sphere_fit(points: Point) -> tuple[Point, float]:
     return centre, radius
 
 
-def _vote_peak(vertices: Point, normals: Point) -> Point:
-    """Densest point of the sphere-centre votes ``v + r n`` (mm)."""
+def _vote_peak(vertices: Point, normals: Point) -> tuple[Point, float]:
+    """Densest point of the sphere-centre votes ``v + r n`` (mm), and the median radius
+    of the votes that make it up (the starting radius of the fit)."""
     votes = (vertices[None, :, :] + _VOTE_RADII_MM[:, None, None] * normals[None]).reshape(-1, 3)
     lo = votes.min(axis=0)
     bins = np.floor((votes - lo) / _VOTE_BIN_MM).astype(np.int64)
@@ -93,7 +93,8 @@ def _vote_peak(vertices: Point, normals: Point) -> Point:
     density = ndimage.uniform_filter(counts, size=3, mode="constant")
     peak = np.array(np.unravel_index(int(np.argmax(density)), density.shape))
     near = np.all(np.abs(bins - peak) <= 1, axis=1)
-    return np.asarray(votes[near].mean(axis=0), dtype=np.float64)
+    radii = np.repeat(_VOTE_RADII_MM, len(vertices))
+    return np.asarray(votes[near].mean(axis=0), dtype=np.float64), float(np.median(radii[near]))
 
 
 def _cup(vertices: Point, normals: Point, centre: Point, radius: float) -> NDArray[np.bool_]:
@@ -140,9 +141,8 @@ def acetabulum(hip: Mesh, *, aiis_lps_mm: Point, side: str) -> tuple[Point, floa
     verts, normals = hip.vertices_lps_mm[near], normals[near]
     if len(verts) < _MIN_CUP_VERTICES:
         raise AcetabulumError(f"{side} hip: only {len(verts)} vertices near the AIIS")
-    centre = _vote_peak(verts, normals)
+    centre, radius = _vote_peak(verts, normals)
     cup = np.zeros(len(verts), bool)
-    radius = _START_RADIUS_MM
     for _ in range(_FIT_ITERATIONS):
         new_cup = _cup(verts, normals, centre, radius)
         if new_cup.sum() < _MIN_CUP_VERTICES:
