@@ -134,6 +134,27 @@ def test_the_needle_meets_the_bone_over_pits_narrower_than_itself() -> None:
     assert not surface[:, :, :20].any()  # the flat surface stays where it is
 
 
+def test_core_clearance_moves_no_more_than_the_needle_does(
+    phantom_case: tuple[object, Anatomy, Planner], plans: dict[str, object]
+) -> None:
+    """A cortex entry found 0.1-1 mm further along the line (the truth's surface against
+    the segmentation's) moves the core by as much, and its clearance by no more: the
+    clearance must not jump by a voxel between neighbouring voxel centres."""
+    _, _, planner = phantom_case
+    fields = planner.fields("right")
+    p = planner.parameters
+    t = plans["right"].trajectory
+    shifts = np.linspace(-1.0, 1.0, 41)
+    entries = t.cortex_entry_lps_mm + shifts[:, None] * t.direction_lps
+    directions = np.repeat(t.direction_lps[None], len(shifts), axis=0)
+    e = evaluate(fields, p, entries, directions, core_length_mm=p.core_length_mm)
+    step = np.diff(shifts)[0]
+    # The map changes by at most 1 mm per mm along each grid axis, so its trilinear
+    # interpolant by at most sqrt(3) mm per mm in any direction (the nearest voxel jumps
+    # by up to a whole voxel, 1 mm, at once); float32 maps add 1e-4 mm.
+    assert np.all(np.abs(np.diff(e.core_clearance_mm)) <= np.sqrt(3.0) * step + 1e-4)
+
+
 def test_bad_trajectories_fail_the_right_constraints(
     phantom_case: tuple[object, Anatomy, Planner], plans: dict[str, object]
 ) -> None:
@@ -162,6 +183,22 @@ def _slow_reference(fields: SideFields, p: PlanningParameters, c: np.ndarray, d:
             return None
         return float(array[tuple(index)])
 
+    def trilinear(array: np.ndarray, point: np.ndarray) -> float | None:
+        position = fields.grid.lps_to_index(point[None])[0]
+        low = np.floor(position).astype(int)
+        if np.any(low < 0) or np.any(low + 1 >= np.array(fields.grid.shape)):
+            return None
+        total = 0.0
+        for dk in (0, 1):
+            for dj in (0, 1):
+                for di in (0, 1):
+                    weight = 1.0
+                    for axis, step in enumerate((dk, dj, di)):
+                        frac = position[axis] - low[axis]
+                        weight *= frac if step else 1.0 - frac
+                    total += weight * float(array[low[0] + dk, low[1] + dj, low[2] + di])
+        return total
+
     skin = None
     slack = []
     # the search follows the path as far as a passing plan could need
@@ -181,7 +218,8 @@ def _slow_reference(fields: SideFields, p: PlanningParameters, c: np.ndarray, d:
     tb = p.seat_depth_mm
     while tb <= p.seat_depth_mm + p.core_length_mm + 1e-6:
         point = c + tb * d
-        core.append((at(fields.ilium_depth_mm, point), at(fields.marrow.astype(float), point)))
+        depth = trilinear(fields.ilium_depth_mm, point)
+        core.append((depth, at(fields.marrow.astype(float), point)))
         tb += CORE_STEP_MM
     return skin, [s for s in slack if s is not None and s > BLOCKED_MM], core
 

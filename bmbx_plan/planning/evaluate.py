@@ -166,7 +166,9 @@ def evaluate(
     tb = np.arange(0.0, seat + longest + 1e-6, CORE_STEP_MM, dtype=np.float32)
     bone_points = c32[:, None, :] + tb[None, :, None] * d32[:, None, :]
     bflat, bon = fields.lookup(bone_points)
-    core_depth = np.where(bon, _sample(fields.ilium_depth_mm, bflat), -1e3)
+    # the clearance is interpolated: it must not jump with sub-voxel moves of the entry
+    depth_at, depth_on = fields.interpolate(fields.ilium_depth_mm, bone_points)
+    core_depth = np.where(depth_on, depth_at, -1e3)
     core_marrow = fields.marrow.reshape(-1)[bflat] & bon
     core_si = np.where(bon, _sample(fields.si_distance_mm, bflat), 0.0)
     apex = fields.landmarks_lps_mm["sciatic_notch_apex"].astype(np.float32)

@@ -127,6 +127,34 @@ class SideFields:
         flat = (kji[..., 0] * shape[1] + kji[..., 1]) * shape[2] + kji[..., 2]
         return flat, ok
 
+    def interpolate(
+        self, field: NDArray[np.float32], points_lps_mm: NDArray[np.floating]
+    ) -> tuple[NDArray[np.float32], Mask]:
+        """Trilinear value of ``field`` at ``points`` (``(..., 3)``) and whether each point
+        lies between voxel centres of the grid (elsewhere the value is 0).
+
+        Distances read this way change continuously with the point: a needle moved by a
+        fraction of a voxel sees its clearance move by no more than that fraction, where
+        the nearest voxel can jump by a whole voxel.
+        """
+        origin = self.grid.origin_lps_mm.astype(np.float32)
+        scale = np.float32(1.0 / self.spacing_mm)
+        kji = (points_lps_mm[..., ::-1] - origin[::-1]) * scale
+        base = np.floor(kji)
+        weight = (kji - base).astype(np.float32)
+        low = base.astype(np.intp)
+        shape = np.array(self.grid.shape)
+        ok = np.all((low >= 0) & (low < shape - 1), axis=-1)
+        low[~ok] = 0
+        strides = np.array([shape[1] * shape[2], shape[2], 1])
+        flat = low @ strides
+        values = field.reshape(-1)
+        out = np.zeros(ok.shape, np.float32)
+        for corner in np.ndindex(2, 2, 2):
+            w = np.prod(np.where(corner, weight, 1.0 - weight), axis=-1)
+            out += w * values[flat + int(np.dot(corner, strides))]
+        return np.where(ok, out, np.float32(0.0)), ok
+
     @cached_property
     def structure_trees(self) -> dict[str, cKDTree]:
         """KD-trees of the boundary voxels of every structure reported in
