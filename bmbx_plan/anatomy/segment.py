@@ -48,7 +48,11 @@ LABELS: dict[str, int] = {
     "si_joint_right": 11,
     "sciatic_notch_left": 12,
     "sciatic_notch_right": 13,
+    "spinal_canal": 14,
 }
+#: Labels a planner treats as one structure: the sacral canal and foramina lie inside
+#: the sacrum and keep the sacrum's margin.
+LABEL_GROUPS: dict[str, tuple[str, ...]] = {"sacrum": ("sacrum", "spinal_canal")}
 
 # A fitted shape model that misses the bone surface by more than this (rms) did not find
 # a pelvis: the bone in the scan is something else (ribs, spine, limbs).
@@ -65,6 +69,12 @@ _SACRUM_COMPLETION_MM = 8.0
 # vessels, sciatic nerve): the planner keeps the core at least 10 mm away; this region
 # marks where the neurovascular bundle runs.
 _NOTCH_KEEPOUT_MM = 10.0
+# Soft voxels of the filled sacrum this far outside the fitted sacrum are its canal or a
+# foramen: more than one voxel of the working grid (the fit's boundary is that uncertain).
+_CANAL_OUTSIDE_FIT_MM = 2.0
+# ... and inside the fitted sacrum closed by a ball of this radius: the canal (up to about
+# 2 cm wide at S1) and the foramina are tunnels of the fitted bone.
+_CANAL_RADIUS_MM = 12.0
 # The SI joint region: non-bone voxels this close to both the sacrum and that ilium.
 _SI_JOINT_REACH_MM = 4.0
 # The bones of the label map the separation passes hand back to the CT grid.
@@ -385,6 +395,31 @@ def _without_cavities(split: PelvisBones) -> PelvisBones:
     return replace(split, **out)
 
 
+def _sacral_canal(sacrum: Mask, fit: ShapeFit, ct: Volume, bone_threshold_hu: float) -> Mask:
+    """The sacral canal and foramina that the shell fill closed into the sacrum.
+
+    In axial and sagittal slices they are holes in the sacrum's shell and are filled like
+    marrow. The fitted sacrum keeps them open. Canal are the voxels of ``sacrum`` below
+    the shell threshold, more than :data:`_CANAL_OUTSIDE_FIT_MM` outside the fitted
+    sacrum but inside its closing by a ball of :data:`_CANAL_RADIUS_MM` (the tunnels and
+    holes of the fitted bone, not the marrow beyond its ends: the model covers S1-S3).
+    """
+    out = np.zeros(sacrum.shape, bool)
+    if not sacrum.any():
+        return out
+    pad = int(np.ceil(_CANAL_RADIUS_MM / ct.spacing_mm.min())) + 1
+    box = bounding_box(sacrum, pad)
+    fitted = voxelize(fit.meshes[2], ct)[box]
+    if not fitted.any():
+        return out
+    outside = ndimage.distance_transform_edt(~fitted, sampling=ct.spacing_mm)
+    grown = outside <= _CANAL_RADIUS_MM
+    closed = ndimage.distance_transform_edt(grown, sampling=ct.spacing_mm) > _CANAL_RADIUS_MM
+    soft = np.asarray(ct.array[box]) < bone_threshold_hu
+    out[box] = sacrum[box] & soft & closed & (outside > _CANAL_OUTSIDE_FIT_MM)
+    return out
+
+
 def _body_labels(ct: Volume, body: BodyMask) -> NDArray[np.uint8]:
     """Label map with the body, the table and bowel gas (all zero without air around the
     patient)."""
@@ -533,6 +568,7 @@ def _segment(
     landmarks = pelvis_landmarks(fit, masks=(split.ilium_left, split.ilium_right), grid=ct)
     _check_coverage(ct, {**parts}, landmarks, source)
     split = _without_cavities(split)
+    canal = _sacral_canal(split.sacrum, fit, ct, bone_threshold_hu)
 
     say("cortex, joints and keep-out zones")
     hips = split.ilium_left | split.ilium_right
@@ -552,6 +588,7 @@ def _segment(
         if mask.any():
             box = bounding_box(mask, 0)
             np.copyto(labels[box], np.uint8(LABELS[name]), where=mask[box])
+    np.copyto(labels, np.uint8(LABELS["spinal_canal"]), where=canal)
 
     # The mid-sagittal plane passes through the sacrum (the spinous processes and the
     # median sacral crest lie on it), whatever the scanner's x = 0 is.

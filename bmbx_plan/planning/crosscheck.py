@@ -71,7 +71,7 @@ from vtkmodules.vtkFiltersCore import vtkImplicitPolyDataDistance
 from vtkmodules.vtkFiltersFlowPaths import vtkModifiedBSPTree
 from vtkmodules.vtkFiltersModeling import vtkSelectEnclosedPoints
 
-from bmbx_plan.anatomy import LABELS, Anatomy
+from bmbx_plan.anatomy import LABEL_GROUPS, LABELS, Anatomy
 from bmbx_plan.mesh import Mesh, mesh_from_mask
 from bmbx_plan.planning.constraints import ConstraintResult
 from bmbx_plan.planning.parameters import PlanningParameters, Side
@@ -518,17 +518,17 @@ def _surface(anatomy: Anatomy, meshes: _Meshes, name: str) -> Surface | None:
         else:  # the path leaves the data where it leaves the field of view
             surface = Surface("body", _box_mesh(grid))
     elif name in LABELS:
-        mask = labels == LABELS[name]
+        mask = np.isin(labels, [LABELS[n] for n in LABEL_GROUPS.get(name, (name,))])
         if mask.any():
             if name.startswith("ilium_") and meshes.fill_cavities:
                 mask = _filled(mask)
             surface = Surface(name, mesh_from_mask(mask, grid), _margin_of(name))
     elif anatomy.external is not None:
-        mask = anatomy.external.risk_masks().get(name)
-        if mask is not None and np.any(mask):
+        risk = anatomy.external.risk_masks().get(name)
+        if risk is not None and np.any(risk):
             # imported structures keep a margin but do not change the labels: inside one
             # the clearance is simply negative
-            surface = Surface(name, mesh_from_mask(mask, grid), name, blocks=False)
+            surface = Surface(name, mesh_from_mask(risk, grid), name, blocks=False)
     meshes.surfaces[name] = surface
     return surface
 
@@ -543,7 +543,8 @@ def _build_scene(anatomy: Anatomy, side: Side, meshes: _Meshes) -> SideScene:
     bone = _filled(anatomy.ilium(s)) if meshes.fill_cavities else anatomy.ilium(s)
     marrow_mask = bone & ~np.asarray(anatomy.cortex, bool)
     marrow = Surface("marrow", mesh_from_mask(marrow_mask, grid)) if marrow_mask.any() else None
-    names = [name for name in LABELS if name not in ("body", "table", target)]
+    grouped = {n for group in LABEL_GROUPS.values() for n in group} - set(LABEL_GROUPS)
+    names = [name for name in LABELS if name not in ("body", "table", target, *grouped)]
     if anatomy.external is not None:
         from bmbx_plan.anatomy.external import TRAVERSED_RISK_GROUPS
 

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from bmbx_plan.anatomy import LABELS, Anatomy
+from bmbx_plan.anatomy import LABEL_GROUPS, LABELS, Anatomy
 from bmbx_plan.anatomy._grid import ball
 from bmbx_plan.anatomy.bone import bounding_box
 from bmbx_plan.anatomy.external import TRAVERSED_RISK_GROUPS
@@ -312,7 +312,7 @@ def side_fields(anatomy: Anatomy, side: Side | str, parameters: PlanningParamete
         raise ValueError(f"the {s} ilium is not in view around its PSIS")
 
     obstacles: dict[str, Mask] = {
-        "sacrum": lab == LABELS["sacrum"],
+        "sacrum": np.isin(lab, [LABELS[n] for n in LABEL_GROUPS["sacrum"]]),
         "si_joint": lab == LABELS[f"si_joint_{s}"],
         "sciatic_notch": lab == LABELS[f"sciatic_notch_{s}"],
         "lumbar_spine": lab == LABELS["lumbar_spine"],
