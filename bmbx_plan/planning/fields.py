@@ -134,8 +134,8 @@ class SideFields:
         lies between voxel centres of the grid (elsewhere the value is 0).
 
         Distances read this way change continuously with the point: a needle moved by a
-        fraction of a voxel sees its clearance move by no more than that fraction, where
-        the nearest voxel can jump by a whole voxel.
+        fraction of a voxel sees its clearance move by about that fraction (at most
+        sqrt(3) times it), where the nearest voxel can jump by a whole voxel.
         """
         origin = self.grid.origin_lps_mm.astype(np.float32)
         scale = np.float32(1.0 / self.spacing_mm)
