@@ -8,6 +8,7 @@ from bmbx_plan.anatomy.segment import (
     LABELS,
     Anatomy,
     NoPelvisError,
+    label_mask,
     segment_pelvis,
 )
 
@@ -17,6 +18,7 @@ __all__ = [
     "Anatomy",
     "ExternalMasks",
     "NoPelvisError",
+    "label_mask",
     "load_external_masks",
     "segment_pelvis",
     "write_anatomy",

@@ -28,7 +28,7 @@ from bmbx_plan.mesh import voxelize
 from bmbx_plan.resample import resample_to
 from bmbx_plan.volume import Volume
 
-__all__ = ["LABELS", "Anatomy", "NoPelvisError", "segment_pelvis"]
+__all__ = ["LABELS", "LABEL_GROUPS", "Anatomy", "NoPelvisError", "label_mask", "segment_pelvis"]
 
 Mask = NDArray[np.bool_]
 Progress = Callable[[str], None]
@@ -53,6 +53,12 @@ LABELS: dict[str, int] = {
 #: Labels a planner treats as one structure: the sacral canal and foramina lie inside
 #: the sacrum and keep the sacrum's margin.
 LABEL_GROUPS: dict[str, tuple[str, ...]] = {"sacrum": ("sacrum", "spinal_canal")}
+
+
+def label_mask(labels: NDArray[np.integer], name: str) -> Mask:
+    """Where a label map holds ``name``, or any label of its group in :data:`LABEL_GROUPS`."""
+    return np.isin(labels, [LABELS[n] for n in LABEL_GROUPS.get(name, (name,))])
+
 
 # A fitted shape model that misses the bone surface by more than this (rms) did not find
 # a pelvis: the bone in the scan is something else (ribs, spine, limbs).

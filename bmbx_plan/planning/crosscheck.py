@@ -71,7 +71,7 @@ from vtkmodules.vtkFiltersCore import vtkImplicitPolyDataDistance
 from vtkmodules.vtkFiltersFlowPaths import vtkModifiedBSPTree
 from vtkmodules.vtkFiltersModeling import vtkSelectEnclosedPoints
 
-from bmbx_plan.anatomy import LABEL_GROUPS, LABELS, Anatomy
+from bmbx_plan.anatomy import LABEL_GROUPS, LABELS, Anatomy, label_mask
 from bmbx_plan.mesh import Mesh, mesh_from_mask
 from bmbx_plan.planning.constraints import ConstraintResult
 from bmbx_plan.planning.parameters import PlanningParameters, Side
@@ -518,7 +518,7 @@ def _surface(anatomy: Anatomy, meshes: _Meshes, name: str) -> Surface | None:
         else:  # the path leaves the data where it leaves the field of view
             surface = Surface("body", _box_mesh(grid))
     elif name in LABELS:
-        mask = np.isin(labels, [LABELS[n] for n in LABEL_GROUPS.get(name, (name,))])
+        mask = label_mask(labels, name)
         if mask.any():
             if name.startswith("ilium_") and meshes.fill_cavities:
                 mask = _filled(mask)

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from bmbx_plan.anatomy import LABEL_GROUPS, LABELS, Anatomy
+from bmbx_plan.anatomy import LABELS, Anatomy, label_mask
 from bmbx_plan.anatomy._grid import ball
 from bmbx_plan.anatomy.bone import bounding_box
 from bmbx_plan.anatomy.external import TRAVERSED_RISK_GROUPS
@@ -114,13 +114,16 @@ class SideFields:
         """Voxel size of the planning grid."""
         return float(self.grid.spacing_mm[0])
 
+    def _index(self, points_lps_mm: NDArray[np.floating]) -> NDArray[np.floating]:
+        """Continuous grid index (k, j, i) of LPS points: ((z, y, x) - origin) / spacing."""
+        origin = self.grid.origin_lps_mm.astype(np.float32)
+        scale = np.float32(1.0 / self.spacing_mm)
+        return (points_lps_mm[..., ::-1] - origin[::-1]) * scale
+
     def lookup(self, points_lps_mm: NDArray[np.floating]) -> tuple[NDArray[np.intp], Mask]:
         """Flat indices of the voxels nearest to ``points`` (``(..., 3)``) and whether
         each point lies on the grid (off-grid points get index 0)."""
-        origin = self.grid.origin_lps_mm.astype(np.float32)
-        scale = np.float32(1.0 / self.spacing_mm)
-        # LPS (x, y, z) -> index (k, j, i) = ((z, y, x) - origin) / spacing
-        kji = np.rint((points_lps_mm[..., ::-1] - origin[::-1]) * scale).astype(np.intp)
+        kji = np.rint(self._index(points_lps_mm)).astype(np.intp)
         shape = np.array(self.grid.shape)
         ok = np.all((kji >= 0) & (kji < shape), axis=-1)
         kji[~ok] = 0
@@ -137,9 +140,7 @@ class SideFields:
         fraction of a voxel sees its clearance move by about that fraction (at most
         sqrt(3) times it), where the nearest voxel can jump by a whole voxel.
         """
-        origin = self.grid.origin_lps_mm.astype(np.float32)
-        scale = np.float32(1.0 / self.spacing_mm)
-        kji = (points_lps_mm[..., ::-1] - origin[::-1]) * scale
+        kji = self._index(points_lps_mm)
         base = np.floor(kji)
         weight = (kji - base).astype(np.float32)
         low = base.astype(np.intp)
@@ -149,10 +150,12 @@ class SideFields:
         strides = np.array([shape[1] * shape[2], shape[2], 1])
         flat = low @ strides
         values = field.reshape(-1)
+        # per axis, the weights of its lower and upper neighbour
+        axes = [(1.0 - weight[..., a], weight[..., a]) for a in range(3)]
         out = np.zeros(ok.shape, np.float32)
-        for corner in np.ndindex(2, 2, 2):
-            w = np.prod(np.where(corner, weight, 1.0 - weight), axis=-1)
-            out += w * values[flat + int(np.dot(corner, strides))]
+        for ck, cj, ci in np.ndindex(2, 2, 2):
+            w = axes[0][ck] * axes[1][cj] * axes[2][ci]
+            out += w * values[flat + int(np.dot((ck, cj, ci), strides))]
         return np.where(ok, out, np.float32(0.0)), ok
 
     @cached_property
@@ -312,7 +315,7 @@ def side_fields(anatomy: Anatomy, side: Side | str, parameters: PlanningParamete
         raise ValueError(f"the {s} ilium is not in view around its PSIS")
 
     obstacles: dict[str, Mask] = {
-        "sacrum": np.isin(lab, [LABELS[n] for n in LABEL_GROUPS["sacrum"]]),
+        "sacrum": label_mask(lab, "sacrum"),
         "si_joint": lab == LABELS[f"si_joint_{s}"],
         "sciatic_notch": lab == LABELS[f"sciatic_notch_{s}"],
         "lumbar_spine": lab == LABELS["lumbar_spine"],
