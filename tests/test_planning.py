@@ -288,3 +288,57 @@ def test_designed_no_safe_path_sides_are_infeasible_with_the_right_reason(
     # the truth agrees that nothing is safe there
     truth = Planner(truth_anatomy(phantom), PlanningParameters(reserve_mm=0.0)).plan(side)
     assert not truth.feasible
+
+
+def test_the_ct_table_under_a_supine_patient_is_no_obstacle() -> None:
+    """On a supine scan the posterior skin rests on the table; the biopsy is done prone,
+    where no table lies behind the patient, so a skin entry on the table is as good as
+    one in the air beside it."""
+    from bmbx_plan.anatomy import LABELS
+
+    phantom = make_phantom(seed=0, position="HFS")
+    truth = Planner(truth_anatomy(phantom), PlanningParameters(reserve_mm=0.0))
+    plan = truth.plan("right", cross_check=False)
+    assert plan.feasible
+    t = plan.trajectory
+    labels = truth.anatomy.labels
+    behind = t.skin_entry_lps_mm - np.arange(0.0, 60.0, 0.25)[:, None] * t.direction_lps
+    index = np.rint(labels.lps_to_index(behind)).astype(int)
+    on_table = np.asarray(labels.array)[tuple(index.T)] == LABELS["table"]
+    assert on_table.any(), "the line behind the skin entry should meet the table"
+    # 6 mm into the table: the path from there crosses table voxels before the skin
+    first = int(np.argmax(on_table))
+    assert on_table[first : first + 25].all(), "the table is thicker than 6 mm"
+    entry = behind[first + 24]
+    # a longer needle: the table's 6 mm must not make the needle length the question
+    judge = Planner(truth.anatomy, truth.parameters.with_overrides(needle="11G-150"))
+    check = judge.check("right", entry, t.core_end_lps_mm, cross_check=True)
+    assert check.constraint("soft_tissue_path").passed, check.constraint("soft_tissue_path")
+    assert check.feasible, [c.message for c in check.failed]
+    # the surface-mesh cross-check reads the stretch before the skin the same way
+    assert check.cross_check is not None
+    assert check.cross_check.agrees, check.cross_check.disagreements
+
+
+def test_proposals_that_fail_as_drawn_give_an_infeasible_plan_with_its_reasons(
+    phantom_case: tuple[object, Anatomy, Planner], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When what passes in the search fails once re-checked as drawn (skin entry to core
+    end), the answer is still an infeasible plan with its binding constraint and a
+    near-miss, not an empty refusal."""
+    _, anatomy, planner = phantom_case
+    as_drawn = Planner._as_drawn
+
+    def short_core(self: Planner, fields: SideFields, skin: np.ndarray, target: np.ndarray):
+        d = (target - skin) / np.linalg.norm(target - skin)
+        return as_drawn(self, fields, skin, target - 8.0 * d)  # 25 mm cores become 17 mm
+
+    monkeypatch.setattr(Planner, "_as_drawn", short_core)
+    plan = Planner(anatomy, planner.parameters).plan("right", cross_check=False)
+    assert plan.status == "infeasible"
+    assert plan.trajectory is None
+    assert "core_length" in {c.name for c in plan.failed}
+    assert plan.near_miss is not None
+    assert plan.candidates_evaluated > 10_000
+    assert "re-checked as drawn" in plan.reasons[0]
+    assert any(r.startswith("Binding: core_length") for r in plan.reasons)

@@ -774,13 +774,17 @@ def check_candidate(
             blocked += profile.inside_mm
             blocking.append(scene.ilium.name)
             crossed |= profile.inside & ~near
-        # ... nor through air or the table between the skin and the bone
+        # ... nor through air or the table between the skin and the bone; before the
+        # skin (a drawn entry in the air, or on the table of a supine scan) it may
         profile = scene.body.along(path_start + tol * d, c, t_path - tol)
-        outside = (path_length - tol) - profile.inside_mm
+        leading = 0.0
+        if len(profile.crossings) and not profile.inside[0]:
+            leading = float(profile.crossings[0])
+        outside = (path_length - tol) - leading - profile.inside_mm
         if outside > 1e-9:
             blocked += outside
             blocking.append("outside the body")
-            crossed |= ~profile.inside & (t_path >= tol)
+            crossed |= ~profile.inside & (t_path >= tol + leading)
     values["soft_tissue_path"] = blocked
 
     # the clearance of the rest of the path: nearest structures first; once a

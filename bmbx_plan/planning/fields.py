@@ -358,9 +358,10 @@ def side_fields(anatomy: Anatomy, side: Side | str, parameters: PlanningParamete
 
     if anatomy.has_skin:
         inside = in_view & (lab != 0) & (lab != LABELS["table"])
-        # air outside the patient is no obstacle (a given skin entry may lie a hair
-        # outside the skin); the table is
-        passable = (lab == LABELS["body"]) | ilium | (lab == 0)
+        # neither air outside the patient nor the CT table is an obstacle: a given skin
+        # entry may lie a hair outside the skin, and on a supine scan the posterior skin
+        # rests on the table, which is not there when the biopsy is done prone
+        passable = (lab == LABELS["body"]) | ilium | (lab == 0) | (lab == LABELS["table"])
     else:
         inside = in_view
         passable = ((lab == 0) | ilium) & in_view

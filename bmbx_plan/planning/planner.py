@@ -176,23 +176,41 @@ class Planner:
         # Every proposal is re-evaluated as a user would draw it (skin entry to core
         # end, the cortex entry found on the line), so a plan checked as drawn passes.
         drawn: dict[int, Evaluation] = {}
+        rejected: list[Evaluation] = []
         budget = _DRAWN_TRIES
 
         def accept(index: int) -> bool:
             nonlocal budget
             if index not in drawn and budget > 0:
                 budget -= 1
-                row = self._drawn_passing(fields, pool.take(np.array([index])))
-                if row is not None:
+                row, ok = self._drawn(fields, pool.take(np.array([index])))
+                if ok and row is not None:
                     drawn[index] = row
+                elif row is not None:
+                    rejected.append(row)
             return index in drawn
 
         chosen = distinct(pool, pool_order, _ALTERNATIVES + 1, accept)
         if not chosen:
-            return self._nothing(
+            tried = min(_DRAWN_TRIES, int(feasible.sum()) + 1)
+            lead = (
+                f"No safe trajectory for the {side.value} ilium: {int(feasible.sum()):,} of "
+                f"{found.count:,} candidates pass in the search, but none of the best "
+                f"{tried} passes every hard constraint when re-checked as drawn (skin entry "
+                "to core end)."
+            )
+            if not rejected:
+                return self._nothing(side, lead.split(": ", 1)[1])
+            again = Evaluation.concatenate(rejected)
+            verdicts = hard_passes(again, p, has_skin=fields.has_skin, reserve_mm=self.reserve_mm)
+            return self._infeasible(
                 side,
-                f"none of the {_DRAWN_TRIES} best of {found.count:,} candidates passes every "
-                "hard constraint when re-checked as drawn (skin entry to core end).",
+                fields,
+                again,
+                verdicts,
+                score(again, p, fields),
+                lead=lead,
+                candidates=found.count,
             )
         # ranked again by the scores as drawn, which differ from the search's a little
         rows = sorted((drawn[i] for i in chosen), key=lambda r: -score(r, p, fields)[0])
@@ -250,8 +268,14 @@ class Planner:
         found: Evaluation,
         passes: NDArray[np.bool_],
         scores: FloatArray,
+        *,
+        lead: str | None = None,
+        candidates: int | None = None,
     ) -> Plan:
-        """No candidate passes: report the binding constraints and the best near-miss."""
+        """No candidate passes: report the binding constraints and the best near-miss.
+
+        ``found`` are the candidates judged (by default all the search evaluated);
+        ``lead`` replaces the first reason line."""
         best = int(np.argmax(passes.sum(axis=1) * 10.0 + scores))
         nearest = found.take(np.array([best]))
         miss = self._alternative(fields, nearest)
@@ -270,10 +294,11 @@ class Planner:
         failing = [c for c in constraints if c.kind == "hard" and not c.passed]
         rates = 1.0 - passes.mean(axis=0)
         reasons = [
-            f"No safe trajectory for the {side.value} ilium: none of {found.count:,} "
+            lead
+            or f"No safe trajectory for the {side.value} ilium: none of {found.count:,} "
             "candidates passes every hard constraint.",
             *(f"Binding: {c.name}. {c.message}" for c in failing),
-            "Share of candidates failing each constraint: "
+            f"Share of the {found.count:,} candidates failing each constraint: "
             + ", ".join(f"{n} {r:.0%}" for n, r in zip(HARD_NAMES, rates, strict=True) if r > 0)
             + ".",
         ]
@@ -288,7 +313,7 @@ class Planner:
             score=None,
             needle=self.parameters.needle.name,
             near_miss=miss,
-            candidates_evaluated=found.count,
+            candidates_evaluated=found.count if candidates is None else candidates,
         )
 
     def _nothing(
@@ -443,17 +468,18 @@ class Planner:
             skin_to_cortex_mm=np.array([t_cortex]),
         )
 
-    def _drawn_passing(self, fields: SideFields, row: Evaluation) -> Evaluation | None:
+    def _drawn(self, fields: SideFields, row: Evaluation) -> tuple[Evaluation | None, bool]:
         """``row`` re-evaluated as drawn (skin entry to core end, as :meth:`check` sees
-        it), or None when that fails a hard constraint with the search's reserve."""
+        it; None if that line misses the ilium), and whether it passes every hard
+        constraint with the search's reserve."""
         trajectory = trajectory_of(row, self.parameters)
         drawn = self._as_drawn(fields, trajectory.skin_entry_lps_mm, trajectory.core_end_lps_mm)
         if drawn is None:
-            return None
+            return None, False
         ok = hard_passes(
             drawn, self.parameters, has_skin=fields.has_skin, reserve_mm=self.reserve_mm
         )
-        return drawn if ok.all() else None
+        return drawn, bool(ok.all())
 
 
 def _anatomy(source: Anatomy | Volume, progress: Progress | None) -> Anatomy:
