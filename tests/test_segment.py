@@ -22,6 +22,7 @@ CASES = [
     (2, "FFS", "obese"),
     (3, "HFS", "osteoporotic"),
     (4, "FFP", "rotated"),
+    (5, "HFP", "narrow_corridor"),
 ]
 
 

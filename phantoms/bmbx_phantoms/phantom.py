@@ -269,6 +269,24 @@ def _scanner(
     return np.clip(np.rint(image), -1024, 3071).astype(np.int16)
 
 
+def _thinned_psis(
+    thinned: PelvisShape, plain: dict[str, NDArray[np.float64]]
+) -> dict[str, NDArray[np.float64]]:
+    """The PSIS of a pelvis with thinned wings.
+
+    Thinning pulls the PSIS vertex into the bone along its inward normal (the spine is
+    long in that direction), so it no longer marks the posterior tip. The tip of the
+    thinned bone is its vertex nearest to where the PSIS lies without thinning
+    (``plain``, the same pose).
+    """
+    out = {}
+    for side in ("left", "right"):
+        vertices = getattr(thinned, f"{side}_hip").vertices_lps_mm
+        nearest = int(np.argmin(np.linalg.norm(vertices - plain[f"psis_{side}"], axis=1)))
+        out[f"psis_{side}"] = vertices[nearest].copy()
+    return out
+
+
 def make_phantom(
     *,
     seed: int = 0,
@@ -319,16 +337,18 @@ def make_phantom(
     else:
         shape, source = _choose_shape(rng_shape, params, shape_model or default_shape_model())
     raw = landmarks(shape)
-    shape = pose_shape(
-        shape,
-        psis=(raw["psis_left"], raw["psis_right"]),
-        yaw_deg=params.yaw_deg,
-        roll_deg=params.roll_deg,
-        pitch_deg=params.pitch_deg,
-        hip_scale=params.hip_scale,
-        wing_thickness_scale=params.wing_thickness_scale,
-    )
-    marks = landmarks(shape)
+    posing: dict[str, Any] = {
+        "psis": (raw["psis_left"], raw["psis_right"]),
+        "yaw_deg": params.yaw_deg,
+        "roll_deg": params.roll_deg,
+        "pitch_deg": params.pitch_deg,
+        "hip_scale": params.hip_scale,
+    }
+    posed = pose_shape(shape, wing_thickness_scale=params.wing_thickness_scale, **posing)
+    marks = landmarks(posed)
+    if any(scale != 1.0 for scale in params.wing_thickness_scale):
+        marks.update(_thinned_psis(posed, landmarks(pose_shape(shape, **posing))))
+    shape = posed
     points = shape.all_vertices_lps_mm()
     midline_x = float(shape.sacrum.vertices_lps_mm[:, 0].mean())
     femurs, femoral_heads = _femurs(shape, marks)
