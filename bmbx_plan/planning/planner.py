@@ -192,7 +192,7 @@ class Planner:
 
         chosen = distinct(pool, pool_order, _ALTERNATIVES + 1, accept)
         if not chosen:
-            tried = min(_DRAWN_TRIES, int(feasible.sum()) + 1)
+            tried = _DRAWN_TRIES - budget
             lead = (
                 f"No safe trajectory for the {side.value} ilium: {int(feasible.sum()):,} of "
                 f"{found.count:,} candidates pass in the search, but none of the best "
