@@ -77,3 +77,30 @@ def test_a_case_that_cannot_run_is_reported_and_the_study_resumes(
     resumed = capsys.readouterr().out
     # flags read back from the CSV count as booleans: 3 of the 6 sides admit with reserve
     assert "with the planner's reserve | 3 |" in resumed
+
+
+def test_the_table_sorts_missed_sides_by_their_binding_constraint() -> None:
+    def row(side: str, status: str, binding: str, with_reserve: bool) -> dict:
+        return {
+            "seed": 1,
+            "preset": "average",
+            "position": "HFP",
+            "side": side,
+            "status": status,
+            "truth_admits": True,
+            "truth_admits_with_reserve": with_reserve,
+            "violations": "",
+            "binding": binding,
+            "cross_check_agrees": status == "feasible",
+        }
+
+    rows = [
+        row("left", "infeasible", "si_joint", False),
+        row("right", "infeasible", "si_joint", True),
+        {**row("left", "infeasible", "needle_length", False), "seed": 2},
+        {**row("right", "feasible", "", True), "seed": 2},
+    ]
+    table = summarize(rows)
+    assert "| si_joint | 1 | 1 |" in table
+    assert "| needle_length | 1 | 0 |" in table
+    assert table.index("| si_joint |") < table.index("| needle_length |")  # most first

@@ -24,6 +24,7 @@ import argparse
 import csv
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
@@ -218,7 +219,27 @@ def summarize(rows: Sequence[dict[str, Any]]) -> str:
             f"{len(rob)} | {sum(r['status'] == 'feasible' for r in rob)} | "
             f"{sum(bool(r['violations']) for r in group if r['status'] == 'feasible')} |"
         )
+    lines.extend(_missed(admits))
     return "\n".join(lines)
+
+
+def _missed(admits: Sequence[dict[str, Any]]) -> list[str]:
+    """Sides the truth admits but the planner finds infeasible, by the constraints that
+    bind on the segmentation, and whether the truth admits them with the reserve."""
+    missed = [r for r in admits if r["status"] != "feasible"]
+    if not missed:
+        return []
+    counts = Counter(
+        (r["binding"] or "(none)", bool(r["truth_admits_with_reserve"])) for r in missed
+    )
+    keys = sorted({key for key, _ in counts}, key=lambda k: -(counts[k, False] + counts[k, True]))
+    return [
+        "",
+        "| missed: binding on the segmentation | truth admits only within the reserve "
+        "| truth admits with the reserve |",
+        "|---|---|---|",
+        *(f"| {key} | {counts[key, False]} | {counts[key, True]} |" for key in keys),
+    ]
 
 
 def _share(part: int, whole: int) -> str:
