@@ -192,15 +192,14 @@ class Planner:
 
         chosen = distinct(pool, pool_order, _ALTERNATIVES + 1, accept)
         if not chosen:
-            tried = _DRAWN_TRIES - budget
-            lead = (
-                f"No safe trajectory for the {side.value} ilium: {int(feasible.sum()):,} of "
-                f"{found.count:,} candidates pass in the search, but none of the best "
-                f"{tried} passes every hard constraint when re-checked as drawn (skin entry "
-                "to core end)."
+            why = (
+                f"{int(feasible.sum()):,} of {found.count:,} candidates pass in the search, "
+                f"but none of the best {_DRAWN_TRIES - budget} passes every hard constraint "
+                "when re-checked as drawn (skin entry to core end)."
             )
             if not rejected:
-                return self._nothing(side, lead.split(": ", 1)[1])
+                return self._nothing(side, why)
+            lead = f"No safe trajectory for the {side.value} ilium: {why}"
             again = Evaluation.concatenate(rejected)
             verdicts = hard_passes(again, p, has_skin=fields.has_skin, reserve_mm=self.reserve_mm)
             return self._infeasible(
