@@ -211,25 +211,31 @@ class Volume:
     def lps_coordinate(
         self, lps_axis: int, box: tuple[slice, ...] | None = None
     ) -> NDArray[np.float64]:
-        """LPS coordinate ``lps_axis`` (0 = x, 1 = y, 2 = z; mm) of every voxel, as a
-        broadcastable ``(K, J, I)``-compatible array (of the voxels in ``box`` if given).
+        """LPS coordinate ``lps_axis`` (0 = x, 1 = y, 2 = z; mm) of every voxel (of the
+        voxels in ``box`` if given), as an array broadcastable to ``(K, J, I)``.
+
+        The result only extends along the array axes the coordinate changes on:
+        ``(K, 1, 1)`` for z on an axial grid, so no full volume of float64 is made
+        (oblique grids still get a full box).
 
         >>> vol = Volume.from_components(np.zeros((2, 3, 4)), spacing_mm=(2.0, 1.0, 0.5))
         >>> vol.lps_coordinate(2)[:, 0, 0]
         array([0., 2.])
+        >>> vol.lps_coordinate(2).shape
+        (2, 1, 1)
         """
-        full = tuple(slice(0, n) for n in self.shape)
-        k, j, i = (
-            np.arange(s.start or 0, s.stop, dtype=np.float64)
-            for s in (box if box is not None else full)
-        )
+        full = box if box is not None else tuple(slice(0, n) for n in self.shape)
         row = self.affine_lps[lps_axis]
-        return np.asarray(
-            row[0] * k[:, None, None]
-            + row[1] * j[None, :, None]
-            + row[2] * i[None, None, :]
-            + row[3]
-        )
+        out = np.full((1, 1, 1), row[3])
+        for axis, part in enumerate(full):
+            if row[axis] == 0.0:
+                continue
+            shape = [1, 1, 1]
+            start = part.start or 0
+            shape[axis] = part.stop - start
+            index = np.arange(start, part.stop, dtype=np.float64).reshape(shape)
+            out = out + row[axis] * index
+        return out
 
     def corners_lps_mm(self) -> NDArray[np.float64]:
         """The eight outer voxel centres in LPS mm, shape ``(8, 3)``."""

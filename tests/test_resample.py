@@ -39,6 +39,22 @@ def test_nearest_matches_the_reference_on_a_shifted_finer_grid(
     assert np.array_equal(ours, resample_nearest(tiny_ct, target))
 
 
+def test_nearest_matches_the_reference_on_an_lps_aligned_grid_reaching_outside(
+    tiny_ct: Volume, resample_nearest: Callable[[Volume, Volume], np.ndarray]
+) -> None:
+    # The planner's case: an isotropic LPS-aligned box (axes permuted and flipped against
+    # the CT's), larger than the CT, offset so that no sample falls on a rounding tie.
+    lo = tiny_ct.bounds_lps_mm()[0] - 2.1
+    target = Volume.from_components(
+        np.zeros((30, 12, 21), np.uint8), spacing_mm=(0.7, 0.7, 0.7), origin_lps_mm=lo
+    )
+    ours = resample_to(tiny_ct, target, order=0, fill_value=-32768).array
+    reference = resample_nearest(tiny_ct, target)
+    assert np.any(reference == -32768)
+    assert np.any(reference != -32768)
+    assert np.array_equal(ours, reference)
+
+
 def test_linear_reproduces_a_linear_field_exactly(tiny_ct: Volume) -> None:
     k, j, i = np.indices(tiny_ct.shape)
     lps = tiny_ct.index_to_lps(np.stack([k, j, i], -1).reshape(-1, 3))

@@ -31,7 +31,6 @@ __all__ = [
     "ball_around",
     "bounding_box",
     "holes_per_slice",
-    "lps_coordinate",
     "to_full_resolution",
 ]
 
@@ -59,26 +58,6 @@ def bounding_box(mask: Mask, pad: int) -> Box:
         slice(max(int(w.min()) - pad, 0), min(int(w.max()) + pad + 1, n))
         for w, n in zip(where, mask.shape, strict=True)
     )
-
-
-def lps_coordinate(grid: Volume, lps_axis: int, box: Box | None = None) -> NDArray[np.float64]:
-    """LPS coordinate ``lps_axis`` (mm) of the voxels of ``box``, broadcastable to the box.
-
-    Unlike :meth:`Volume.lps_coordinate` the result only extends along the array axes
-    the coordinate changes on: ``(K, 1, 1)`` for z on an axial grid, so no full volume of
-    float64 is made (oblique grids still get a full box).
-    """
-    full = box if box is not None else tuple(slice(0, n) for n in grid.shape)
-    row = grid.affine_lps[lps_axis]
-    out = np.full((1, 1, 1), row[3])
-    for axis, part in enumerate(full):
-        if row[axis] == 0.0:
-            continue
-        shape = [1, 1, 1]
-        shape[axis] = part.stop - part.start
-        index = np.arange(part.start, part.stop, dtype=np.float64).reshape(shape)
-        out = out + row[axis] * index
-    return out
 
 
 def ball(radius_mm: float, spacing_mm: NDArray[np.float64]) -> Mask:

@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from bmbx_plan.anatomy._grid import ball, bounding_box, holes_per_slice, lps_coordinate
+from bmbx_plan.anatomy._grid import ball, bounding_box, holes_per_slice
 from bmbx_plan.volume import Volume
 
 __all__ = ["DEFAULT_BONE_THRESHOLD_HU", "bounding_box", "cortical_band", "segment_bone"]
@@ -145,7 +145,7 @@ def _posterior_midline(shell: Mask, ct: Volume, box: tuple[slice, ...]) -> Mask:
     sample = index[:: max(len(index) // 20000, 1)] + origin
     points = ct.index_to_lps(sample)
     mid_x, mid_y = float(np.median(points[:, 0])), float(np.median(points[:, 1]))
-    x, y = lps_coordinate(ct, 0, box), lps_coordinate(ct, 1, box)
+    x, y = ct.lps_coordinate(0, box), ct.lps_coordinate(1, box)
     return np.asarray((np.abs(x - mid_x) < _SACRUM_HALF_WIDTH_MM) & (y > mid_y))
 
 

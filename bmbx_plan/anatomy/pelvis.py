@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 from skimage.segmentation import watershed
 
-from bmbx_plan.anatomy._grid import ball, bounding_box, lps_coordinate
+from bmbx_plan.anatomy._grid import ball, bounding_box
 from bmbx_plan.volume import Volume
 
 __all__ = ["PelvisBones", "joint_clefts", "split_pelvis"]
@@ -127,7 +127,7 @@ def split_pelvis(
         clefts = joint_clefts(bone, ct, bone_threshold_hu=bone_threshold_hu)
     box = bounding_box(bone, 2)
     sub = bone[box]
-    x, y, z = (lps_coordinate(ct, axis, box) for axis in range(3))
+    x, y, z = (ct.lps_coordinate(axis, box) for axis in range(3))
     midline = float(np.median(np.broadcast_to(x, sub.shape)[sub]))
     dx = x - midline
     posterior = y > float(np.median(np.broadcast_to(y, sub.shape)[sub]))

@@ -15,7 +15,6 @@ from bmbx_plan.anatomy._grid import (
     WorkGrid,
     ball_around,
     bounding_box,
-    lps_coordinate,
     to_full_resolution,
 )
 from bmbx_plan.anatomy.body import BodyMask, segment_body
@@ -221,7 +220,7 @@ def _refine_femurs(
             _FEMUR_MARGIN_MM
         )
         heights = fit.meshes[n].vertices_lps_mm[:, 2]
-        below = lps_coordinate(grid, 2, box) < float(heights.min() + 0.5 * np.ptp(heights))
+        below = grid.lps_coordinate(2, box) < float(heights.min() + 0.5 * np.ptp(heights))
         markers = np.zeros(sub.shape, np.int32)
         markers[sub & inside] = 1
         markers[sub & outside & below] = 2

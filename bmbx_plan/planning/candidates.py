@@ -67,18 +67,16 @@ def entry_points(
     grid = fields.grid
     psis = fields.landmarks_lps_mm["psis"]
     radius = parameters.entry_search_radius_mm
-    centres = grid.lps_coordinate
-    near = (
-        (centres(0) - psis[0]) ** 2 + (centres(1) - psis[1]) ** 2 + (centres(2) - psis[2]) ** 2
-    ) <= (radius + 3.0 * fields.spacing_mm) ** 2
+    reach = radius + 3.0 * fields.spacing_mm
+    centres = [grid.lps_coordinate(axis) for axis in range(3)]
+    near = sum((c - v) ** 2 for c, v in zip(centres, psis, strict=True)) <= reach**2
     ilium = (fields.entry_depth_mm > 0) & near  # the bone as the needle meets it
     if not ilium.any():
         return np.zeros((0, 3)), np.zeros((0, 3))
     points = mesh_from_mask(ilium, grid).vertices_lps_mm
     # the sphere that cut the mask leaves an artificial surface at its rim
     points = points[np.linalg.norm(points - psis, axis=1) <= radius]
-    flat = fields.lookup(points.astype(np.float32))[0]
-    normals: FloatArray = fields.normal_lps.reshape(-1, 3)[flat].astype(np.float64)
+    normals: FloatArray = fields.normals_at(points.astype(np.float32)).astype(np.float64)
     keep = normals[:, 1] > 0.0  # posterior-facing: reachable from the back
     points = np.asarray(points[keep], np.float64)
     normals = np.asarray(normals[keep], np.float64)

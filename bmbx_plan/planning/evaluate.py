@@ -151,7 +151,7 @@ def evaluate(
     depth = _sample(fields.entry_depth_mm, flat)
     # the needle axis must leave the target ilium behind at once, its surface by the
     # needle radius further back
-    normal = fields.normal_lps.reshape(-1, 3)[fields.lookup(c32)[0]]
+    normal = fields.normals_at(c32)
     cos_inc = np.clip(-np.sum(normal * d32, axis=1), 0.0, 1.0)
     required = np.minimum(r, _CLEAR_SLOPE * t[None, :] * cos_inc[:, None])
     regrazes = (depth > -required) & (t[None, :] >= _ENTRY_ZONE_MM)

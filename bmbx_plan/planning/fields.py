@@ -22,6 +22,7 @@ from bmbx_plan.anatomy._grid import ball
 from bmbx_plan.anatomy.bone import bounding_box
 from bmbx_plan.anatomy.external import TRAVERSED_RISK_GROUPS
 from bmbx_plan.anatomy.landmarks import si_joint_points
+from bmbx_plan.distance import distance_mm
 from bmbx_plan.planning.parameters import PlanningParameters, Side
 from bmbx_plan.resample import resample_to
 from bmbx_plan.volume import Volume
@@ -84,8 +85,9 @@ class SideFields:
         Inside the ilium's cortical shell.
     si_distance_mm : (K, J, I) float32 ndarray
         Distance to this side's SI joint or the sacrum.
-    normal_lps : (K, J, I, 3) float32 ndarray
-        Outward normal of the ilium surface (zero far from it).
+    surface_smooth : (K, J, I) float32 ndarray
+        The ilium as the needle meets it, smoothed: its gradient gives the outward
+        normal (:meth:`normals_at`).
     landmarks_lps_mm : dict of str to (3,) ndarray
         ``psis``, ``asis``, ``sciatic_notch_apex`` of this side.
     midline_x_mm : float
@@ -102,7 +104,7 @@ class SideFields:
     entry_depth_mm: NDArray[np.float32]
     marrow: Mask
     si_distance_mm: NDArray[np.float32]
-    normal_lps: NDArray[np.float32]
+    surface_smooth: NDArray[np.float32]
     landmarks_lps_mm: dict[str, FloatArray]
     midline_x_mm: float
     has_skin: bool
@@ -124,11 +126,20 @@ class SideFields:
         """Flat indices of the voxels nearest to ``points`` (``(..., 3)``) and whether
         each point lies on the grid (off-grid points get index 0)."""
         kji = np.rint(self._index(points_lps_mm)).astype(np.intp)
-        shape = np.array(self.grid.shape)
-        ok = np.all((kji >= 0) & (kji < shape), axis=-1)
-        kji[~ok] = 0
-        flat = (kji[..., 0] * shape[1] + kji[..., 1]) * shape[2] + kji[..., 2]
-        return flat, ok
+        return self._flat(kji, self.grid.shape)
+
+    @staticmethod
+    def _flat(
+        kji: NDArray[np.intp], shape: tuple[int, ...], upper: int = 0
+    ) -> tuple[NDArray[np.intp], Mask]:
+        """Flat indices of grid indices ``kji`` (``(..., 3)``) on a grid of ``shape``, and
+        whether each lies on it at least ``upper`` voxels below its upper faces (others
+        get index 0)."""
+        k, j, i = kji[..., 0], kji[..., 1], kji[..., 2]
+        n_k, n_j, n_i = (n - upper for n in shape)
+        ok = (k >= 0) & (k < n_k) & (j >= 0) & (j < n_j) & (i >= 0) & (i < n_i)
+        flat = (k * shape[1] + j) * shape[2] + i
+        return np.where(ok, flat, 0), ok
 
     def interpolate(
         self, field: NDArray[np.float32], points_lps_mm: NDArray[np.floating]
@@ -143,12 +154,9 @@ class SideFields:
         kji = self._index(points_lps_mm)
         base = np.floor(kji)
         weight = (kji - base).astype(np.float32)
-        low = base.astype(np.intp)
-        shape = np.array(self.grid.shape)
-        ok = np.all((low >= 0) & (low < shape - 1), axis=-1)
-        low[~ok] = 0
+        shape = self.grid.shape
+        flat, ok = self._flat(base.astype(np.intp), shape, upper=1)  # all 8 corners on it
         strides = np.array([shape[1] * shape[2], shape[2], 1])
-        flat = low @ strides
         values = field.reshape(-1)
         # per axis, the weights of its lower and upper neighbour
         axes = [(1.0 - weight[..., a], weight[..., a]) for a in range(3)]
@@ -158,14 +166,36 @@ class SideFields:
             out += w * values[flat + int(np.dot((ck, cj, ci), strides))]
         return np.where(ok, out, np.float32(0.0)), ok
 
+    def normals_at(self, points_lps_mm: NDArray[np.floating]) -> NDArray[np.float32]:
+        """Outward unit normals (LPS, ``(..., 3)``) of the ilium surface at the voxels
+        nearest to ``points``: minus the gradient of ``surface_smooth`` by central
+        differences (one-sided on the grid's faces); zero far from the surface."""
+        kji = np.rint(self._index(points_lps_mm)).astype(np.intp)
+        flat, ok = self._flat(kji, self.grid.shape)
+        values = self.surface_smooth.reshape(-1)
+        gradient = np.zeros((*flat.shape, 3), np.float32)
+        for axis, n in enumerate(self.grid.shape):
+            stride = int(np.prod(self.grid.shape[axis + 1 :]))
+            at = np.where(ok, kji[..., axis], 0)
+            below = np.maximum(at - 1, 0)
+            above = np.minimum(at + 1, n - 1)
+            rise = values[flat + (above - at) * stride] - values[flat + (below - at) * stride]
+            # grid axes (k, j, i) are (S, P, L): the LPS gradient is the reversed one
+            gradient[..., 2 - axis] = rise / np.maximum(above - below, 1)
+        norm = np.linalg.norm(gradient, axis=-1, keepdims=True)
+        normal = np.where(norm > 1e-3, -gradient / np.maximum(norm, 1e-12), 0.0)
+        return np.where(ok[..., None], normal, 0.0).astype(np.float32)
+
     @cached_property
     def structure_trees(self) -> dict[str, cKDTree]:
         """KD-trees of the boundary voxels of every structure reported in
         ``clearances_mm`` (built on first use)."""
         trees = {}
         for name, mask in self._obstacles.items():
-            shell = mask & ~ndimage.binary_erosion(mask)
-            points = self.grid.index_to_lps(np.argwhere(shell))
+            box = bounding_box(mask, 1)
+            shell = mask[box] & ~ndimage.binary_erosion(mask[box])
+            corner = np.array([b.start for b in box])
+            points = self.grid.index_to_lps(np.argwhere(shell) + corner)
             if len(points):
                 trees[name] = cKDTree(points)
         return trees
@@ -213,7 +243,7 @@ def _distance_outside(mask: Mask, spacing_mm: float, cap_mm: float) -> NDArray[n
     if not mask.any():
         return out
     box = bounding_box(mask, int(np.ceil(cap_mm / spacing_mm)) + 1)
-    d = ndimage.distance_transform_edt(~mask[box], sampling=spacing_mm).astype(np.float32)
+    d = distance_mm(~mask[box], spacing_mm)
     d -= np.float32(0.5 * spacing_mm)
     np.clip(d, 0.0, cap_mm, out=d)
     out[box] = d
@@ -245,19 +275,21 @@ def _depth_inside(mask: Mask, spacing_mm: float) -> NDArray[np.float32]:
     if not mask.any():
         return out
     box = bounding_box(mask, 1)
-    d = ndimage.distance_transform_edt(mask[box], sampling=spacing_mm).astype(np.float32)
+    d = distance_mm(mask[box], spacing_mm)
     d -= np.float32(0.5 * spacing_mm)
     np.maximum(d, 0.0, out=d)
     out[box] = d
     return out
 
 
-def _ligament_space(sacrum: Mask, ilium: Mask, spacing_mm: float) -> Mask:
-    """Soft tissue within :data:`_SI_LIGAMENT_MM` of both the sacrum and the ilium."""
-    cap = _SI_LIGAMENT_MM + spacing_mm
-    near_sacrum = _distance_outside(sacrum, spacing_mm, cap) <= _SI_LIGAMENT_MM
-    near_ilium = _distance_outside(ilium, spacing_mm, cap) <= _SI_LIGAMENT_MM
-    return near_sacrum & near_ilium & ~sacrum & ~ilium
+def _ligament_space(
+    sacrum: Mask, ilium: Mask, ilium_distance_mm: NDArray[np.float32], spacing_mm: float
+) -> Mask:
+    """Soft tissue within :data:`_SI_LIGAMENT_MM` of both the sacrum and the ilium (whose
+    distance map, capped beyond that, is given)."""
+    near_sacrum = _distance_outside(sacrum, spacing_mm, _SI_LIGAMENT_MM + spacing_mm)
+    near = (near_sacrum <= _SI_LIGAMENT_MM) & (ilium_distance_mm <= _SI_LIGAMENT_MM)
+    return near & ~sacrum & ~ilium
 
 
 def _needle_surface(ilium: Mask, radius_mm: float, spacing_mm: float) -> Mask:
@@ -275,16 +307,13 @@ def _needle_surface(ilium: Mask, radius_mm: float, spacing_mm: float) -> Mask:
     return out
 
 
-def _outward_normals(mask: Mask, spacing_mm: float) -> NDArray[np.float32]:
-    """(K, J, I, 3) outward unit normals (LPS) near the surface of ``mask``, else 0."""
-    out = np.zeros((*mask.shape, 3), np.float32)
+def _smoothed(mask: Mask, spacing_mm: float) -> NDArray[np.float32]:
+    """``mask`` smoothed over :data:`_NORMAL_SIGMA_MM` (0 far from it): the gradient of
+    this is the surface normal without the tilt of voxel staircases."""
+    out = np.zeros(mask.shape, np.float32)
     sigma = _NORMAL_SIGMA_MM / spacing_mm
     box = bounding_box(mask, int(np.ceil(3 * sigma)) + 2)
-    smooth = ndimage.gaussian_filter(mask[box].astype(np.float32), sigma)
-    # grid axes (k, j, i) are (S, P, L): the LPS gradient is the reversed index gradient
-    gradient = np.stack(np.gradient(smooth)[::-1], axis=-1)
-    norm = np.linalg.norm(gradient, axis=-1, keepdims=True)
-    out[box] = np.where(norm > 1e-3, -gradient / np.maximum(norm, 1e-12), 0.0)
+    out[box] = ndimage.gaussian_filter(mask[box].astype(np.float32), sigma)
     return out
 
 
@@ -326,7 +355,8 @@ def side_fields(anatomy: Anatomy, side: Side | str, parameters: PlanningParamete
     # The segmented joint is only the visible cleft; the fitted pelvis adds both
     # auricular surfaces, where the joint is even when it is narrow or partly fused.
     obstacles["si_joint"] |= _rasterized(_auricular_points(anatomy, side), grid)
-    obstacles["si_joint"] |= _ligament_space(obstacles["sacrum"], ilium, g)
+    ilium_distance = _distance_outside(ilium, g, _DEPTH_CAP_MM)
+    obstacles["si_joint"] |= _ligament_space(obstacles["sacrum"], ilium, ilium_distance, g)
     if anatomy.external is not None:
         for group, mask in anatomy.external.risk_masks().items():
             if group in TRAVERSED_RISK_GROUPS:
@@ -345,13 +375,17 @@ def side_fields(anatomy: Anatomy, side: Side | str, parameters: PlanningParamete
         "bowel": "bowel",
         "bladder": "bladder",
     }
-    # One distance transform per distinct margin, over the union of its structures.
+    # One distance transform per distinct margin, over the union of its structures; the
+    # sacrum and the joint (the SI joint margin) are also the core's SI distance.
+    si_distance = _distance_outside(obstacles["sacrum"] | obstacles["si_joint"], g, _CAP_MM)
+    slack = si_distance - np.float32(parameters.margin("si_joint"))
     by_margin: dict[float, Mask] = {}
     for name, mask in obstacles.items():
         key = margin_of.get(name, "vessels")
+        if key == "si_joint":
+            continue
         margin = 0.0 if key is None else parameters.margin(key)
         by_margin[margin] = by_margin.get(margin, np.zeros(lab.shape, bool)) | mask
-    slack = np.full(lab.shape, _CAP_MM, np.float32)
     for margin, mask in by_margin.items():
         far = _distance_outside(mask, g, _CAP_MM)
         np.minimum(slack, far - np.float32(margin), out=slack)
@@ -368,10 +402,8 @@ def side_fields(anatomy: Anatomy, side: Side | str, parameters: PlanningParamete
     slack[~passable] = BLOCKED_MM
 
     surface = _needle_surface(ilium, parameters.needle.radius_mm, g)
-    depth = _depth_inside(ilium, g) - _distance_outside(ilium, g, _DEPTH_CAP_MM)
+    depth = _depth_inside(ilium, g) - ilium_distance
     entry_depth = _depth_inside(surface, g) - _distance_outside(surface, g, _DEPTH_CAP_MM)
-    si_distance = _distance_outside(obstacles["sacrum"] | obstacles["si_joint"], g, _CAP_MM)
-    normal = _outward_normals(surface, g)
 
     landmarks = {
         "psis": anatomy.landmarks_lps_mm[f"psis_{s}"],
@@ -389,7 +421,7 @@ def side_fields(anatomy: Anatomy, side: Side | str, parameters: PlanningParamete
         entry_depth_mm=entry_depth,
         marrow=ilium & ~cortex,
         si_distance_mm=si_distance,
-        normal_lps=normal,
+        surface_smooth=_smoothed(surface, g),
         landmarks_lps_mm={k: np.asarray(v, float) for k, v in landmarks.items()},
         midline_x_mm=float(anatomy.midline_x_mm),
         has_skin=anatomy.has_skin,

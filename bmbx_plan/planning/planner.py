@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from bmbx_plan.anatomy import Anatomy, segment_pelvis
+from bmbx_plan.distance import THREADS
 from bmbx_plan.planning.candidates import direction_grid, directions_from_angles, entry_points
 from bmbx_plan.planning.constraints import (
     HARD_NAMES,
@@ -150,17 +152,21 @@ class Planner:
                 f"within {p.max_incidence_deg:.0f} deg of its normal.",
             )
         self._say(f"{side.value}: evaluating {len(entry_index):,} trajectories")
-        parts = [
-            evaluate(
+
+        def batch(start: int) -> Evaluation:
+            return evaluate(
                 fields,
                 p,
-                points[entry_index[s : s + _BATCH]],
-                directions[direction_index[s : s + _BATCH]],
+                points[entry_index[start : start + _BATCH]],
+                directions[direction_index[start : start + _BATCH]],
                 reserve_mm=self.reserve_mm,
             )
-            for s in range(0, len(entry_index), _BATCH)
-        ]
-        found = Evaluation.concatenate(parts)
+
+        # numpy releases the GIL in the kernel's array work: batches run side by side
+        with ThreadPoolExecutor(max_workers=THREADS) as workers:
+            found = Evaluation.concatenate(
+                list(workers.map(batch, range(0, len(entry_index), _BATCH)))
+            )
         passes = hard_passes(found, p, has_skin=fields.has_skin, reserve_mm=self.reserve_mm)
         scores = score(found, p, fields)
         feasible = passes.all(axis=1)
