@@ -8,11 +8,10 @@ case; ``edt`` computes the exact Euclidean transform several times faster than
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
 import edt
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 __all__ = ["distance_mm"]
 
@@ -20,9 +19,7 @@ __all__ = ["distance_mm"]
 THREADS = max(1, min(os.cpu_count() or 1, 4))
 
 
-def distance_mm(
-    mask: NDArray[np.bool_], spacing_mm: float | Sequence[float]
-) -> NDArray[np.float32]:
+def distance_mm(mask: NDArray[np.bool_], spacing_mm: ArrayLike) -> NDArray[np.float32]:
     """Distance (mm) from the centre of each True voxel of ``mask`` to the nearest False
     voxel centre; 0 on False voxels.
 
@@ -44,7 +41,8 @@ def distance_mm(
     mask = np.ascontiguousarray(mask, dtype=bool)
     spacing = np.broadcast_to(np.asarray(spacing_mm, float), (mask.ndim,))
     if mask.ndim == 1:
-        return np.asarray(edt.edt(mask, anisotropy=float(spacing[0])), np.float32)
-    return np.asarray(
-        edt.edt(mask, anisotropy=tuple(float(s) for s in spacing), parallel=THREADS), np.float32
-    )
+        anisotropy: float | tuple[float, ...] = float(spacing[0])
+    else:
+        anisotropy = tuple(float(s) for s in spacing)
+    out = edt.edt(mask, anisotropy=anisotropy, parallel=THREADS)
+    return np.asarray(out, np.float32)

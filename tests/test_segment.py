@@ -299,6 +299,67 @@ def test_holes_per_slice_match_filling_each_slice() -> None:
             assert np.array_equal(fast, slow), (axis, max_pixels)
 
 
+@pytest.mark.parametrize("corners", [False, True])
+def test_components_are_scipys_labels(corners: bool) -> None:
+    from scipy import ndimage
+
+    from bmbx_plan.anatomy._grid import components
+
+    # sparse enough for many pieces either way
+    mask = np.random.default_rng(5).random((23, 31, 19)) < (0.1 if corners else 0.3)
+    ours, count = components(mask, corners=corners)
+    structure = np.ones((3, 3, 3), bool) if corners else None
+    reference, expected = ndimage.label(mask, structure=structure)
+    assert count == expected > 10
+    assert np.array_equal(ours, reference)
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 3), (5, 3, 5), (7, 5, 5)])
+def test_closing_in_slabs_is_scipys_closing_of_the_whole(shape: tuple[int, int, int]) -> None:
+    from scipy import ndimage
+
+    from bmbx_plan.anatomy._grid import closing
+
+    # enough slices for several slabs, pieces that a closing joins across slab cuts
+    mask = np.random.default_rng(2).random((61, 30, 33)) < 0.3
+    structure = np.ones(shape, bool)
+    expected = ndimage.binary_closing(mask, structure=structure, border_value=0)
+    assert np.array_equal(closing(mask, structure), expected)
+
+
+def test_erosion_in_slabs_is_scipys_erosion_of_the_whole() -> None:
+    from scipy import ndimage
+
+    from bmbx_plan.anatomy._grid import ball, in_slabs
+
+    # blobs thick enough to survive the erosion in places
+    seeds = np.random.default_rng(6).random((61, 30, 33)) < 0.03
+    mask = ndimage.binary_dilation(seeds, iterations=4)
+    structure = ball(3.0, np.array([0.8, 0.7, 0.7]))
+    for border in (0, 1):
+        expected = ndimage.binary_erosion(mask, structure=structure, border_value=border)
+        ours = in_slabs(
+            lambda part, b=border: ndimage.binary_erosion(
+                part, structure=structure, border_value=b
+            ),
+            mask,
+            structure.shape[0] // 2,
+        )
+        assert expected.any()
+        assert np.array_equal(ours, expected), border
+
+
+def test_enclosed_is_what_filling_holes_adds() -> None:
+    from scipy import ndimage
+
+    from bmbx_plan.anatomy._grid import enclosed
+
+    mask = np.random.default_rng(4).random((25, 30, 20)) < 0.4
+    expected = ndimage.binary_fill_holes(mask) & ~mask
+    assert expected.any()
+    assert np.array_equal(enclosed(mask), expected)
+
+
 def test_ball_erosion_is_a_thresholded_distance_transform() -> None:
     from scipy import ndimage
 

@@ -16,13 +16,17 @@ per slice.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import pairwise
 
+import cc3d
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 from skimage.segmentation import watershed
 
+from bmbx_plan.distance import THREADS, distance_mm
 from bmbx_plan.volume import Volume
 
 __all__ = [
@@ -30,7 +34,9 @@ __all__ = [
     "ball",
     "ball_around",
     "bounding_box",
+    "components",
     "holes_per_slice",
+    "in_slabs",
     "to_full_resolution",
 ]
 
@@ -43,20 +49,74 @@ WORK_SPACING_MM = 1.5
 # Blocks this many blocks away from a meeting of two bones are re-decided at full
 # resolution (besides the blocks that see two bones themselves).
 _BAND_BLOCKS = 1
-# Slices labelled at once by :func:`holes_per_slice` (bounds the int32 label array).
-_SLAB_SLICES = 48
 
 
 def bounding_box(mask: Mask, pad: int) -> Box:
     """Slices of the bounding box of ``mask`` grown by ``pad`` voxels (mask not empty)."""
+    plane = np.any(mask, axis=0)
     where = (
         np.nonzero(mask.any(axis=(1, 2)))[0],
-        np.nonzero(mask.any(axis=(0, 2)))[0],
-        np.nonzero(mask.any(axis=(0, 1)))[0],
+        np.nonzero(plane.any(axis=1))[0],
+        np.nonzero(plane.any(axis=0))[0],
     )
     return tuple(
         slice(max(int(w.min()) - pad, 0), min(int(w.max()) + pad + 1, n))
         for w, n in zip(where, mask.shape, strict=True)
+    )
+
+
+def components(mask: Mask, *, corners: bool = False) -> tuple[NDArray[np.integer], int]:
+    """Connected pieces of ``mask``: labels 1..count (0 off the mask) and their count,
+    numbered as :func:`scipy.ndimage.label` numbers them. Voxels touching by a face
+    connect; with ``corners`` also those touching by an edge or a corner."""
+    labels, count = cc3d.connected_components(
+        np.asarray(mask, bool), connectivity=26 if corners else 6, return_N=True
+    )
+    return labels, int(count)
+
+
+def enclosed(mask: Mask) -> Mask:
+    """Background of ``mask`` not 6-connected to the edge of the array: what
+    :func:`scipy.ndimage.binary_fill_holes` adds, by one labelling instead of a dilation
+    that crawls through the whole box."""
+    labels, count = components(~mask)
+    outside = np.zeros(count + 1, bool)
+    outside[0] = True
+    for axis in range(3):
+        outside[labels.take(0, axis=axis)] = True
+        outside[labels.take(-1, axis=axis)] = True
+    return np.asarray(~outside[labels])
+
+
+def in_slabs(operation: Callable[[Mask], Mask], mask: Mask, reach: int) -> Mask:
+    """``operation(mask)`` computed in slabs along the first axis on
+    :data:`~bmbx_plan.distance.THREADS` threads (ndimage's morphology releases the GIL).
+
+    ``operation`` must give each voxel a value that depends only on the mask within
+    ``reach`` voxels of it along the first axis: slabs overlapping by that much then give
+    exactly the result of the whole.
+    """
+    n = mask.shape[0]
+    count = min(THREADS, max(n // (4 * reach + 1), 1))
+    cuts = np.linspace(0, n, count + 1).astype(int)
+
+    def slab(part: tuple[int, int]) -> Mask:
+        low, high = max(part[0] - reach, 0), min(part[1] + reach, n)
+        return np.asarray(operation(mask[low:high])[part[0] - low : part[1] - low])
+
+    if count == 1:
+        return np.asarray(operation(mask))
+    with ThreadPoolExecutor(max_workers=count) as workers:
+        return np.concatenate(list(workers.map(slab, pairwise(cuts))), axis=0)
+
+
+def closing(mask: Mask, structure: Mask) -> Mask:
+    """``scipy.ndimage.binary_closing(mask, structure, border_value=0)``, in slabs (a
+    closing reaches twice as far as its structuring element)."""
+    return in_slabs(
+        lambda part: ndimage.binary_closing(part, structure=structure, border_value=0),
+        mask,
+        2 * (structure.shape[0] // 2),
     )
 
 
@@ -78,9 +138,6 @@ def holes_per_slice(mask: Mask, axis: int, *, max_pixels: float | None = None) -
     :func:`scipy.ndimage.binary_fill_holes` on every slice), optionally only holes of at
     most ``max_pixels`` pixels.
 
-    The slices are labelled together, a slab at a time, with a structuring element that
-    does not connect neighbouring slices: one call instead of one per slice.
-
     Parameters
     ----------
     mask : (K, J, I) bool ndarray
@@ -94,25 +151,20 @@ def holes_per_slice(mask: Mask, axis: int, *, max_pixels: float | None = None) -
     (K, J, I) bool ndarray
     """
     out = np.zeros_like(mask)
-    structure = np.zeros((3, 3, 3), bool)
-    middle: list[slice | int] = [slice(None)] * 3
-    middle[axis] = 1
-    structure[tuple(middle)] = ndimage.generate_binary_structure(2, 1)
-    in_plane = [a for a in range(3) if a != axis]
-    for start in range(0, mask.shape[axis], _SLAB_SLICES):
-        slab: list[slice] = [slice(None)] * 3
-        slab[axis] = slice(start, start + _SLAB_SLICES)
-        labels, count = ndimage.label(~mask[tuple(slab)], structure=structure)
+    slices = np.moveaxis(mask, axis, 0)
+    holes = np.moveaxis(out, axis, 0)  # a view: writing it fills ``out``
+    for n, plane in enumerate(slices):
+        labels, count = cc3d.connected_components(~plane, connectivity=4, return_N=True)
         if count == 0:
             continue
         hole = np.ones(count + 1, bool)
         hole[0] = False
-        for a in in_plane:
-            hole[labels.take(0, axis=a)] = False
-            hole[labels.take(-1, axis=a)] = False
-        if max_pixels is not None:
+        for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+            hole[edge] = False
+        if max_pixels is not None and hole.any():
             hole &= np.bincount(labels.ravel(), minlength=count + 1) <= max_pixels
-        out[tuple(slab)] = hole[labels]
+        if hole.any():
+            holes[n] = hole[labels]
     return out
 
 
@@ -251,7 +303,7 @@ def to_full_resolution(
     fine_labels = np.asarray(work.upsample(single, coarse_box), dtype=np.uint8).copy()
     fine_labels[~fine_bone] = 0
     band = ndimage.binary_dilation(mixed, iterations=_BAND_BLOCKS)
-    places, _ = ndimage.label(ndimage.binary_dilation(band), structure=np.ones((3, 3, 3)))
+    places, _ = components(ndimage.binary_dilation(band), corners=True)
     origin = [b.start for b in coarse_box]
     for n, place in enumerate(ndimage.find_objects(places), start=1):
         if place is None:
@@ -304,6 +356,6 @@ def _redraw(
     markers = np.where(domain & ~open_, view, 0).astype(np.int32)
     if not markers.any():
         return
-    depth = ndimage.distance_transform_edt(bone & ~clefts(box), sampling=work.fine.spacing_mm)
+    depth = distance_mm(bone & ~clefts(box), work.fine.spacing_mm)
     regions = watershed(-depth.astype(np.float32), markers, mask=domain)
     view[open_] = regions[open_]

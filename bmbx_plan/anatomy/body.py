@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import ndimage
 
-from bmbx_plan.anatomy._grid import bounding_box, holes_per_slice
+from bmbx_plan.anatomy._grid import bounding_box, components, holes_per_slice
+from bmbx_plan.distance import distance_mm
 from bmbx_plan.volume import Volume
 
 __all__ = ["BodyMask", "segment_body"]
@@ -89,9 +89,9 @@ def segment_body(ct: Volume, *, tissue_threshold_hu: float = _TISSUE_HU) -> Body
     step = np.maximum(np.round(_WORK_SPACING_MM / spacing), 1).astype(int)
     coarse = tissue[:: step[0], :: step[1], :: step[2]]
     coarse_spacing = spacing * step
-    depth = ndimage.distance_transform_edt(coarse, sampling=coarse_spacing)
+    depth = distance_mm(coarse, coarse_spacing)
     core = depth > _OPENING_MM
-    labels, count = ndimage.label(core)
+    labels, count = components(core)
     if count == 0:
         raise ValueError(
             "no body found: nothing in the image is thicker than "
@@ -104,7 +104,7 @@ def segment_body(ct: Volume, *, tissue_threshold_hu: float = _TISSUE_HU) -> Body
     grow_mm = _OPENING_MM + float(coarse_spacing.max())
     box = bounding_box(biggest, int(np.ceil(grow_mm / coarse_spacing.min())) + 1)
     grown = np.zeros_like(biggest)
-    grown[box] = ndimage.distance_transform_edt(~biggest[box], sampling=coarse_spacing) <= grow_mm
+    grown[box] = distance_mm(~biggest[box], coarse_spacing) <= grow_mm
     full = np.repeat(np.repeat(np.repeat(grown, step[0], 0), step[1], 1), step[2], 2)
     full = full[: ct.shape[0], : ct.shape[1], : ct.shape[2]]
     if full.shape != ct.shape:  # coarse grid did not cover the last partial block

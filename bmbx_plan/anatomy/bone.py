@@ -11,7 +11,15 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from bmbx_plan.anatomy._grid import ball, bounding_box, holes_per_slice
+from bmbx_plan.anatomy._grid import (
+    ball,
+    bounding_box,
+    closing,
+    components,
+    enclosed,
+    holes_per_slice,
+    in_slabs,
+)
 from bmbx_plan.volume import Volume
 
 __all__ = ["DEFAULT_BONE_THRESHOLD_HU", "bounding_box", "cortical_band", "segment_bone"]
@@ -69,8 +77,8 @@ def segment_bone(
     box = bounding_box(dense, 3)
     shell = dense[box]
     radius = np.maximum(_CLOSING_MM / ct.spacing_mm, 1.0)
-    closed = ndimage.binary_closing(shell, structure=_ball(radius), border_value=0)
-    cavity = _enclosed(closed)
+    closed = closing(shell, _ball(radius))
+    cavity = enclosed(closed)
     # Shells with openings (sacral canal and foramina, nutrient canals, thin places
     # below the threshold) leak in 3D; holes inside single axial slices still show the
     # marrow. Small ones only: the pelvic ring encloses the pelvic cavity in some slices.
@@ -86,7 +94,7 @@ def segment_bone(
     # connected to an enclosed cavity (the inner side of the shell), not the bridges
     # outside the cortex.
     added = (closed & ~shell) | cavity
-    pieces, _ = ndimage.label(added)
+    pieces, _ = components(added)
     inner = np.unique(pieces[cavity])
     keep = np.zeros(int(pieces.max()) + 1, bool)
     keep[inner[inner > 0]] = True
@@ -95,26 +103,13 @@ def segment_bone(
     # at the threshold breaks into small pieces that still enclose their marrow slices.
     # Pieces touching along an edge or a corner are one piece: a thin oblique cortex is
     # often connected only diagonally.
-    labels, count = ndimage.label(filled, structure=np.ones((3, 3, 3), bool))
+    labels, count = components(filled, corners=True)
     sizes = np.bincount(labels[filled], minlength=count + 1)
     big = sizes >= _MIN_PIECE_ML * 1000.0 / ct.voxel_volume_mm3
     big[0] = False
     bone = np.zeros_like(dense)
     bone[box] = big[labels]
     return bone
-
-
-def _enclosed(mask: Mask) -> Mask:
-    """Background of ``mask`` not 6-connected to the edge of the array: what
-    :func:`scipy.ndimage.binary_fill_holes` adds, by one labelling instead of a dilation
-    that crawls through the whole box."""
-    labels, _ = ndimage.label(~mask)
-    outside = np.zeros(int(labels.max()) + 1, bool)
-    outside[0] = True
-    for axis in range(3):
-        outside[labels.take(0, axis=axis)] = True
-        outside[labels.take(-1, axis=axis)] = True
-    return np.asarray(~outside[labels])
 
 
 def _sagittal_holes(closed: Mask, ct: Volume, box: tuple[slice, ...]) -> Mask:
@@ -179,7 +174,12 @@ def cortical_band(
     outer = sub & ~ndimage.binary_erosion(sub, border_value=0)
     # Within max_depth_mm of the surface = not in the erosion by that ball (the scan's
     # edge is no surface: border_value=1, as in a distance transform).
-    shallow = sub & ~ndimage.binary_erosion(sub, structure=structure, border_value=1)
+    deep = in_slabs(
+        lambda part: ndimage.binary_erosion(part, structure=structure, border_value=1),
+        sub,
+        structure.shape[0] // 2,
+    )
+    shallow = sub & ~deep
     hu = np.asarray(ct.array)[box]
     shallow &= hu >= cortex_threshold_hu
     band[box] = outer | shallow | (sub & (hu >= deep_cortex_hu))

@@ -15,7 +15,8 @@ from numpy.typing import NDArray
 from scipy import ndimage
 from skimage.segmentation import watershed
 
-from bmbx_plan.anatomy._grid import ball, bounding_box
+from bmbx_plan.anatomy._grid import ball, bounding_box, components
+from bmbx_plan.distance import distance_mm
 from bmbx_plan.volume import Volume
 
 __all__ = ["PelvisBones", "joint_clefts", "split_pelvis"]
@@ -53,7 +54,7 @@ class PelvisBones:
 
 
 def _drop_small(mask: Mask, min_voxels: float) -> Mask:
-    labels, count = ndimage.label(mask)
+    labels, count = components(mask)
     if count == 0:
         return mask
     keep = np.bincount(labels[mask], minlength=count + 1) >= min_voxels
@@ -62,7 +63,7 @@ def _drop_small(mask: Mask, min_voxels: float) -> Mask:
 
 
 def _components(mask: Mask) -> list[Mask]:
-    labels, count = ndimage.label(mask)
+    labels, count = components(mask)
     return [labels == n for n in range(1, count + 1)]
 
 
@@ -139,7 +140,7 @@ def split_pelvis(
     markers[sub & (dx < -_LATERAL_SEED_MM)] = 3
     # Joint clefts do not count as depth, so the watershed line between the markers runs
     # through them.
-    depth = ndimage.distance_transform_edt(sub & ~clefts[box], sampling=ct.spacing_mm)
+    depth = distance_mm(sub & ~clefts[box], ct.spacing_mm)
     regions = watershed(-depth, markers, mask=sub)
     # Pieces no marker reached (separate fragments near the midline, e.g. a pubic
     # symphysis piece): by side.
@@ -196,7 +197,7 @@ def _split_side(
     side: Mask,
     z: NDArray[np.float64],
     dx: NDArray[np.float64],
-    elevation: NDArray[np.float64],
+    elevation: NDArray[np.floating],
     min_voxels: float,
 ) -> tuple[Mask, Mask]:
     """Hip bone and femur of one side.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from bmbx_plan.anatomy._grid import (
     WorkGrid,
     ball_around,
     bounding_box,
+    enclosed,
     to_full_resolution,
 )
 from bmbx_plan.anatomy.body import BodyMask, segment_body
@@ -22,6 +24,7 @@ from bmbx_plan.anatomy.bone import DEFAULT_BONE_THRESHOLD_HU, cortical_band, seg
 from bmbx_plan.anatomy.external import ExternalMasks, load_external_masks
 from bmbx_plan.anatomy.landmarks import ShapeFit, fit_shape_model, pelvis_landmarks
 from bmbx_plan.anatomy.pelvis import PelvisBones, joint_clefts, split_pelvis
+from bmbx_plan.distance import distance_mm
 from bmbx_plan.io.errors import InputError
 from bmbx_plan.mesh import voxelize
 from bmbx_plan.resample import resample_to
@@ -164,7 +167,7 @@ def _near(
     target = tuple(
         slice(r.start + b.start, r.start + b.stop) for r, b in zip(region, box, strict=True)
     )
-    out[target] = ndimage.distance_transform_edt(~local[box], sampling=spacing) <= reach_mm
+    out[target] = distance_mm(~local[box], spacing) <= reach_mm
     return out
 
 
@@ -216,9 +219,7 @@ def _refine_femurs(
         box = bounding_box(region | fitted[n], pad)
         sub, fit_sub = region[box], fitted[n][box]
         inside = ndimage.binary_erosion(fit_sub, iterations=2)
-        outside = ndimage.distance_transform_edt(~fit_sub, sampling=grid.spacing_mm) > (
-            _FEMUR_MARGIN_MM
-        )
+        outside = distance_mm(~fit_sub, grid.spacing_mm) > (_FEMUR_MARGIN_MM)
         heights = fit.meshes[n].vertices_lps_mm[:, 2]
         below = grid.lps_coordinate(2, box) < float(heights.min() + 0.5 * np.ptp(heights))
         markers = np.zeros(sub.shape, np.int32)
@@ -226,7 +227,7 @@ def _refine_femurs(
         markers[sub & outside & below] = 2
         if (markers == 2).sum() * grid.voxel_volume_mm3 < 2000.0 or not (markers == 1).any():
             continue
-        depth = ndimage.distance_transform_edt(sub, sampling=grid.spacing_mm)
+        depth = distance_mm(sub, grid.spacing_mm)
         regions = watershed(-depth, markers, mask=sub)
         new_hip, new_femur = np.zeros_like(hip), np.zeros_like(hip)
         new_hip[box], new_femur[box] = regions == 1, regions == 2
@@ -258,7 +259,7 @@ def _reconcile_with_fit(split: PelvisBones, fitted: Sequence[Mask], grid: Volume
         markers[(deep | agree) & (markers == 0)] = value
     if any(not (markers == v).any() for v in (1, 2, 3)):
         return split
-    depth = ndimage.distance_transform_edt(sub, sampling=grid.spacing_mm)
+    depth = distance_mm(sub, grid.spacing_mm)
     regions = watershed(-depth, markers, mask=sub)
     masks = []
     for value in range(1, len(names) + 1):
@@ -395,7 +396,7 @@ def _without_cavities(split: PelvisBones) -> PelvisBones:
             if other != name:
                 others |= getattr(split, other)[box]
         filled = mask.copy()
-        filled[box] = ndimage.binary_fill_holes(mask[box]) & ~others | mask[box]
+        filled[box] = enclosed(mask[box]) & ~others | mask[box]
         out[name] = filled
     return replace(split, **out)
 
@@ -417,9 +418,9 @@ def _sacral_canal(sacrum: Mask, fit: ShapeFit, ct: Volume, bone_threshold_hu: fl
     fitted = voxelize(fit.meshes[2], ct)[box]
     if not fitted.any():
         return out
-    outside = ndimage.distance_transform_edt(~fitted, sampling=ct.spacing_mm)
+    outside = distance_mm(~fitted, ct.spacing_mm)
     grown = outside <= _CANAL_RADIUS_MM
-    closed = ndimage.distance_transform_edt(grown, sampling=ct.spacing_mm) > _CANAL_RADIUS_MM
+    closed = distance_mm(grown, ct.spacing_mm) > _CANAL_RADIUS_MM
     soft = np.asarray(ct.array[box]) < bone_threshold_hu
     out[box] = sacrum[box] & soft & closed & (outside > _CANAL_OUTSIDE_FIT_MM)
     return out
@@ -577,10 +578,13 @@ def _segment(
 
     say("cortex, joints and keep-out zones")
     hips = split.ilium_left | split.ilium_right
-    cortex = cortical_band(hips, ct) & hips
+    # the cortex (array work that releases the GIL) is found while the labels are drawn
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        cortex_job = worker.submit(cortical_band, hips, ct)
+        labels = _body_labels(ct, body)
+        _mark_joints_and_notches(labels, split, landmarks, ct)
+        cortex = cortex_job.result() & hips
     del hips
-    labels = _body_labels(ct, body)
-    _mark_joints_and_notches(labels, split, landmarks, ct)
     for name in (
         "lumbar_spine",
         "femur_left",
