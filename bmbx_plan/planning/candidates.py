@@ -16,7 +16,7 @@ FloatArray = NDArray[np.float64]
 
 #: Spacing of cortex entries (mm) and of directions (deg) on the search grid; the best
 #: candidate is then refined below both.
-ENTRY_SPACING_MM = 1.5
+ENTRY_SPACING_MM = 1.25
 AXIAL_STEP_DEG = 3.0
 CRANIOCAUDAL_STEP_DEG = 5.0
 IN_PLANE_STEP_DEG = 1.5
