@@ -254,6 +254,33 @@ def test_vectorised_evaluation_matches_a_slow_reference(
             )
 
 
+def test_surface_normals_match_the_gradient_of_the_whole_smoothed_surface(
+    phantom_case: tuple[object, Anatomy, Planner], plans: dict[str, object]
+) -> None:
+    _, _, planner = phantom_case
+    fields = planner.fields("right")
+    # slow and obvious: numpy's gradient of the whole map, read at the nearest voxel
+    gradient = np.stack(np.gradient(fields.surface_smooth)[::-1], axis=-1)
+    norm = np.linalg.norm(gradient, axis=-1, keepdims=True)
+    reference = np.where(norm > 1e-3, -gradient / np.maximum(norm, 1e-12), 0.0)
+    rng = np.random.default_rng(8)
+    entry = plans["right"].trajectory.cortex_entry_lps_mm
+    shape = np.array(fields.grid.shape)
+    corners = np.array([[0, 0, 0], shape - 1, [0, shape[1] - 1, 5]])  # on the grid's faces
+    index = np.concatenate(
+        [
+            np.rint(fields.grid.lps_to_index(entry + rng.normal(0.0, 4.0, size=(300, 3)))),
+            corners,
+        ]
+    ).astype(int)
+    index = index[np.all((index >= 0) & (index < shape), axis=1)]
+    ours = fields.normals_at(fields.grid.index_to_lps(index).astype(np.float32))
+    expected = reference[tuple(index.T)]
+    assert np.count_nonzero(np.linalg.norm(expected, axis=1)) > 100  # near the surface
+    # float32 smoothing: gradients agree to rounding
+    np.testing.assert_allclose(ours, expected, atol=1e-4)
+
+
 def test_plan_json_validates_against_the_schema(
     phantom_case: tuple[object, Anatomy, Planner], plans: dict[str, object], tmp_path: Path
 ) -> None:

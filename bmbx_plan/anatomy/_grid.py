@@ -7,10 +7,11 @@ CT's voxels by :func:`to_full_resolution`: a voxel whose block has one bone in i
 neighbourhood takes that bone, and only where bones meet is the cut re-drawn at full
 resolution.
 
-Also here: LPS coordinates that do not cost a full volume, Euclidean balls (so that
-"within r mm" is a small morphological operation instead of a distance transform), and
-the holes inside every slice of a mask in one labelling pass instead of one hole filling
-per slice.
+Also here, the mask operations of the segmentation at the cost of one pass: connected
+components, enclosed cavities and the holes inside every slice by labelling (instead of
+hole filling that crawls through the volume), closings and erosions on overlapping slabs
+in parallel, and Euclidean balls (so that "within r mm" is a small morphological
+operation).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ __all__ = [
     "ball",
     "ball_around",
     "bounding_box",
+    "closing",
     "components",
+    "enclosed",
     "holes_per_slice",
     "in_slabs",
     "to_full_resolution",

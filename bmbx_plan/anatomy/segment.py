@@ -219,7 +219,7 @@ def _refine_femurs(
         box = bounding_box(region | fitted[n], pad)
         sub, fit_sub = region[box], fitted[n][box]
         inside = ndimage.binary_erosion(fit_sub, iterations=2)
-        outside = distance_mm(~fit_sub, grid.spacing_mm) > (_FEMUR_MARGIN_MM)
+        outside = distance_mm(~fit_sub, grid.spacing_mm) > _FEMUR_MARGIN_MM
         heights = fit.meshes[n].vertices_lps_mm[:, 2]
         below = grid.lps_coordinate(2, box) < float(heights.min() + 0.5 * np.ptp(heights))
         markers = np.zeros(sub.shape, np.int32)
