@@ -13,9 +13,10 @@ import pytest
 from bmbx_phantoms import make_phantom
 from bmbx_phantoms.truth import truth_anatomy
 from bmbx_plan import Anatomy, Planner, PlanningParameters, segment_pelvis
+from bmbx_plan.planning.constraints import HARD_NAMES, hard_passes
 from bmbx_plan.planning.evaluate import CORE_STEP_MM, PATH_STEP_MM, evaluate
 from bmbx_plan.planning.fields import BLOCKED_MM, SideFields
-from bmbx_plan.planning.parameters import NEEDLES, Side
+from bmbx_plan.planning.parameters import NEEDLES, Needle, Side
 
 SCHEMA = Path(__file__).parents[1] / ".." / "shared" / "spec" / "plan.schema.json"
 
@@ -252,6 +253,40 @@ def test_vectorised_evaluation_matches_a_slow_reference(
             assert fast.path_clearance_mm[n] == pytest.approx(
                 min(slack) - p.needle.radius_mm, abs=1e-4
             )
+
+
+def test_a_needle_too_short_for_the_full_core_takes_the_core_it_reaches(
+    phantom_case: tuple[object, Anatomy, Planner], plans: dict[str, object]
+) -> None:
+    _, anatomy, planner = phantom_case
+    t, metrics = plans["right"].trajectory, plans["right"].metrics
+    # a needle 1.5 mm shorter than the plan's path needs (less than the 3.75 mm between
+    # the full core and the shortest core with the reserve)
+    short = Needle(
+        "11G-short", planner.parameters.needle.outer_diameter_mm, metrics.total_depth_mm - 1.5
+    )
+    p = planner.parameters.with_overrides(needle=short)
+    reserve = planner.reserve_mm
+    row = evaluate(
+        planner.fields("right"),
+        p,
+        t.cortex_entry_lps_mm[None],
+        t.direction_lps[None],
+        reserve_mm=reserve,
+    )
+    # the same path, with the core cut to what the needle reaches (its reserve kept)
+    assert row.core_length_mm[0] < p.core_length_mm - 1.5
+    assert row.core_length_mm[0] >= p.min_core_length_mm + reserve
+    assert row.total_depth_mm(p)[0] <= short.usable_length_mm - reserve
+    passes = hard_passes(row, p, has_skin=True, reserve_mm=reserve)
+    assert passes[0, HARD_NAMES.index("needle_length")]
+    # the planner keeps the short needle, and says when it cut the core
+    plan = Planner(anatomy, p).plan("right", cross_check=False)
+    assert plan.feasible
+    assert plan.needle == "11G-short"
+    assert plan.metrics.total_depth_mm <= short.usable_length_mm
+    said = any("as far as the 11G-short needle reaches" in r for r in plan.reasons)
+    assert said == (plan.metrics.core_length_mm < p.core_length_mm - 1.0)
 
 
 def test_surface_normals_match_the_gradient_of_the_whole_smoothed_surface(

@@ -186,8 +186,13 @@ def evaluate(
     safe_core = np.maximum(tb[np.maximum(first_bad - 1, 0)] - seat, 0.0)
     safe_core = np.where(first_bad == len(tb), longest, safe_core)
     if core_length_mm is None:
+        fits = safe_core
+        if fields.has_skin:
+            # a deep skin entry shortens the core to what the needle reaches (reserve kept)
+            reached = parameters.needle.usable_length_mm - reserve_mm - seat - skin
+            fits = np.minimum(safe_core, reached)
         core_len = np.clip(
-            np.floor(safe_core / CORE_STEP_MM) * CORE_STEP_MM,
+            np.floor(fits / CORE_STEP_MM) * CORE_STEP_MM,
             min(parameters.min_core_length_mm + reserve_mm, longest),
             longest,
         )

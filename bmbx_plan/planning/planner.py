@@ -20,7 +20,7 @@ from bmbx_plan.planning.constraints import (
     hard_passes,
 )
 from bmbx_plan.planning.describe import describe, trajectory_of
-from bmbx_plan.planning.evaluate import Evaluation, evaluate
+from bmbx_plan.planning.evaluate import CORE_STEP_MM, Evaluation, evaluate
 from bmbx_plan.planning.fields import SideFields, side_fields
 from bmbx_plan.planning.parameters import NEEDLES, PlanningParameters, Side
 from bmbx_plan.planning.ranking import distinct, pareto_front, score
@@ -384,10 +384,18 @@ class Planner:
             for c in constraints
             if c.kind == "hard" and not c.passed
         ]
+        notes = []
+        allowed = min(float(row.longest_safe_core_mm[0]), self.parameters.core_length_mm)
+        if status != "check" and metrics.core_length_mm < allowed - CORE_STEP_MM:
+            notes.append(
+                f"The core is {metrics.core_length_mm:.1f} mm, not {allowed:.1f} mm: that is "
+                f"as far as the {self.parameters.needle.name} needle reaches from this skin "
+                "entry; a longer needle takes the longer core."
+            )
         return Plan(
             side=fields.side,
             status="feasible" if feasible else "infeasible",
-            reasons=(summary, *failing, *self._context(fields)),
+            reasons=(summary, *failing, *notes, *self._context(fields)),
             trajectory=trajectory,
             metrics=metrics,
             constraints=constraints,
