@@ -289,6 +289,36 @@ def test_a_needle_too_short_for_the_full_core_takes_the_core_it_reaches(
     assert said == (plan.metrics.core_length_mm < p.core_length_mm - 1.0)
 
 
+def test_a_needle_too_short_for_any_path_gives_way_to_a_longer_one(
+    phantom_case: tuple[object, Anatomy, Planner], plans: dict[str, object]
+) -> None:
+    _, anatomy, planner = phantom_case
+    depth = plans["right"].metrics.skin_to_cortex_mm
+    # shorter than the skin-to-cortex depth of every path: nothing passes with it
+    tiny = Needle("11G-tiny", planner.parameters.needle.outer_diameter_mm, 0.5 * depth)
+    p = planner.parameters.with_overrides(needle=tiny)
+    alone = Planner(anatomy, p).plan("right", cross_check=False, longer_needle=False)
+    assert not alone.feasible
+    plan = Planner(anatomy, p).plan("right", cross_check=False)
+    assert plan.feasible
+    assert plan.needle == "11G-100"  # the shortest longer needle of the same gauge
+    assert plan.reasons[0].startswith("No trajectory passes with the 11G-tiny needle")
+
+
+def test_a_longer_needle_is_tried_when_the_short_one_fails_for_another_reason() -> None:
+    # Cohort phantom 1067 (average, FFP), left: with the 11G-100 every path the needle
+    # reaches fails the SI joint margin (so the near-miss binds on si_joint, not on the
+    # needle); the deeper paths only the 11G-150 reaches pass.
+    phantom = make_phantom(seed=1067, preset="average", position="FFP")
+    planner = Planner(segment_pelvis(phantom.ct))
+    alone = planner.plan("left", cross_check=False, longer_needle=False)
+    assert not alone.feasible
+    assert "needle_length" not in {c.name for c in alone.failed}
+    plan = planner.plan("left", cross_check=False)
+    assert plan.feasible
+    assert plan.needle == "11G-150"
+
+
 def test_surface_normals_match_the_gradient_of_the_whole_smoothed_surface(
     phantom_case: tuple[object, Anatomy, Planner], plans: dict[str, object]
 ) -> None:

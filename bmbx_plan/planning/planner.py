@@ -80,6 +80,8 @@ class Planner:
         self.parameters = parameters or PlanningParameters()
         self._say = progress or (lambda _msg: None)
         self._fields: dict[Side, SideFields] = {}
+        # sides where the last search had candidates that only a longer needle reaches
+        self._needle_too_short: set[Side] = set()
         #: The search's reserve beyond each limit (mm), see PlanningParameters.reserve_mm.
         self.reserve_mm = self.parameters.reserve_for(float(anatomy.labels.spacing_mm.max()))
 
@@ -97,16 +99,14 @@ class Planner:
     ) -> Plan:
         """The safest trajectory of ``side``, or why there is none.
 
-        With ``longer_needle``, when only the needle's length stands in the way, the
-        longer needles of the catalogue with the same diameter are tried, shortest
-        first; the plan names the needle it was made with.
+        With ``longer_needle``, when no trajectory passes and some of the candidates
+        are beyond the needle's reach even with the shortest core, the longer needles of
+        the catalogue with the same diameter are tried, shortest first; the plan names
+        the needle it was made with.
         """
+        side = Side.parse(side)
         plan = self._plan_once(side, cross_check=cross_check)
-        if (
-            plan.feasible
-            or not longer_needle
-            or {c.name for c in plan.failed} != {"needle_length"}
-        ):
+        if plan.feasible or not longer_needle or side not in self._needle_too_short:
             return plan
         current = self.parameters.needle
         for needle in sorted(NEEDLES.values(), key=lambda n: n.usable_length_mm):
@@ -124,14 +124,16 @@ class Planner:
             alternative = longer._plan_once(side, cross_check=cross_check)
             if alternative.feasible:
                 note = (
-                    f"The {current.name} needle is too short here; this plan uses the "
-                    f"{needle.name} ({needle.usable_length_mm:.0f} mm usable)."
+                    f"No trajectory passes with the {current.name} needle "
+                    f"({current.usable_length_mm:.0f} mm usable): it is too short here. This "
+                    f"plan uses the {needle.name} ({needle.usable_length_mm:.0f} mm usable)."
                 )
                 return replace(alternative, reasons=(note, *alternative.reasons))
         return plan
 
     def _plan_once(self, side: Side | str, *, cross_check: bool) -> Plan:
         side = Side.parse(side)
+        self._needle_too_short.discard(side)
         fields = self.fields(side)
         p = self.parameters
         self._say(f"{side.value}: candidates")
@@ -168,6 +170,8 @@ class Planner:
                 list(workers.map(batch, range(0, len(entry_index), _BATCH)))
             )
         passes = hard_passes(found, p, has_skin=fields.has_skin, reserve_mm=self.reserve_mm)
+        if not passes[:, HARD_NAMES.index("needle_length")].all():
+            self._needle_too_short.add(side)
         scores = score(found, p, fields)
         feasible = passes.all(axis=1)
         if not feasible.any():
