@@ -299,6 +299,9 @@ def test_a_needle_too_short_for_any_path_gives_way_to_a_longer_one(
     p = planner.parameters.with_overrides(needle=tiny)
     alone = Planner(anatomy, p).plan("right", cross_check=False, longer_needle=False)
     assert not alone.feasible
+    # every candidate is beyond this needle's reach, and the plan says so
+    assert alone.failing_shares["needle_length"] == 1.0
+    assert any("needle_length 100%" in line for line in alone.reasons)
     plan = Planner(anatomy, p).plan("right", cross_check=False)
     assert plan.feasible
     assert plan.needle == "11G-100"  # the shortest longer needle of the same gauge
@@ -314,6 +317,9 @@ def test_a_longer_needle_is_tried_when_the_short_one_fails_for_another_reason() 
     alone = planner.plan("left", cross_check=False, longer_needle=False)
     assert not alone.feasible
     assert "needle_length" not in {c.name for c in alone.failed}
+    # yet some candidates are beyond its reach: that is what sends the search on
+    assert 0.0 < alone.failing_shares["needle_length"] < 1.0
+    assert set(alone.failing_shares) <= set(HARD_NAMES)
     plan = planner.plan("left", cross_check=False)
     assert plan.feasible
     assert plan.needle == "11G-150"

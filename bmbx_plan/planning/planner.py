@@ -80,8 +80,6 @@ class Planner:
         self.parameters = parameters or PlanningParameters()
         self._say = progress or (lambda _msg: None)
         self._fields: dict[Side, SideFields] = {}
-        # sides where the last search had candidates that only a longer needle reaches
-        self._needle_too_short: set[Side] = set()
         #: The search's reserve beyond each limit (mm), see PlanningParameters.reserve_mm.
         self.reserve_mm = self.parameters.reserve_for(float(anatomy.labels.spacing_mm.max()))
 
@@ -106,7 +104,7 @@ class Planner:
         """
         side = Side.parse(side)
         plan = self._plan_once(side, cross_check=cross_check)
-        if plan.feasible or not longer_needle or side not in self._needle_too_short:
+        if plan.feasible or not longer_needle or not plan.failing_shares.get("needle_length"):
             return plan
         current = self.parameters.needle
         for needle in sorted(NEEDLES.values(), key=lambda n: n.usable_length_mm):
@@ -133,7 +131,6 @@ class Planner:
 
     def _plan_once(self, side: Side | str, *, cross_check: bool) -> Plan:
         side = Side.parse(side)
-        self._needle_too_short.discard(side)
         fields = self.fields(side)
         p = self.parameters
         self._say(f"{side.value}: candidates")
@@ -170,8 +167,6 @@ class Planner:
                 list(workers.map(batch, range(0, len(entry_index), _BATCH)))
             )
         passes = hard_passes(found, p, has_skin=fields.has_skin, reserve_mm=self.reserve_mm)
-        if not passes[:, HARD_NAMES.index("needle_length")].all():
-            self._needle_too_short.add(side)
         scores = score(found, p, fields)
         feasible = passes.all(axis=1)
         if not feasible.any():
@@ -219,7 +214,7 @@ class Planner:
                 verdicts,
                 score(again, p, fields),
                 lead=lead,
-                candidates=found.count,
+                searched=passes,
             )
         # ranked again by the scores as drawn, which differ from the search's a little
         rows = sorted((drawn[i] for i in chosen), key=lambda r: -score(r, p, fields)[0])
@@ -279,11 +274,12 @@ class Planner:
         scores: FloatArray,
         *,
         lead: str | None = None,
-        candidates: int | None = None,
+        searched: NDArray[np.bool_] | None = None,
     ) -> Plan:
         """No candidate passes: report the binding constraints and the best near-miss.
 
-        ``found`` are the candidates judged (by default all the search evaluated);
+        ``found`` are the candidates judged, with their verdicts ``passes``; by default
+        they are all the search evaluated, else ``searched`` holds the search's verdicts.
         ``lead`` replaces the first reason line."""
         best = int(np.argmax(passes.sum(axis=1) * 10.0 + scores))
         nearest = found.take(np.array([best]))
@@ -301,14 +297,19 @@ class Planner:
             for c in constraint_results(nearest, self.parameters, has_skin=fields.has_skin)
         )
         failing = [c for c in constraints if c.kind == "hard" and not c.passed]
-        rates = 1.0 - passes.mean(axis=0)
+        searched = passes if searched is None else searched
+        shares = {
+            name: float(rate)
+            for name, rate in zip(HARD_NAMES, 1.0 - searched.mean(axis=0), strict=True)
+            if rate > 0
+        }
         reasons = [
             lead
             or f"No safe trajectory for the {side.value} ilium: none of {found.count:,} "
             "candidates passes every hard constraint.",
             *(f"Binding: {c.name}. {c.message}" for c in failing),
-            f"Share of the {found.count:,} candidates failing each constraint: "
-            + ", ".join(f"{n} {r:.0%}" for n, r in zip(HARD_NAMES, rates, strict=True) if r > 0)
+            f"Share of the {len(searched):,} candidates failing each constraint: "
+            + ", ".join(f"{name} {rate:.0%}" for name, rate in shares.items())
             + ".",
         ]
         reasons.extend(self._context(fields))
@@ -322,7 +323,8 @@ class Planner:
             score=None,
             needle=self.parameters.needle.name,
             near_miss=miss,
-            candidates_evaluated=found.count if candidates is None else candidates,
+            candidates_evaluated=len(searched),
+            failing_shares=shares,
         )
 
     def _nothing(

@@ -149,10 +149,11 @@ class Plan:
     """The plan (or check) of one side.
 
     ``needle`` names the needle the plan was made with (a longer one than asked for when
-    only the needle length stood in the way). An infeasible plan is a normal result:
+    the needle's reach stood in the way). An infeasible plan is a normal result:
     ``trajectory`` and ``metrics`` are None,
-    ``constraints`` are those of the best near-miss (``near_miss``), and ``reasons``
-    name the binding constraints.
+    ``constraints`` are those of the best near-miss (``near_miss``), ``reasons``
+    name the binding constraints, and ``failing_shares`` gives, for each hard constraint
+    some candidate failed, the share of the searched candidates failing it.
     """
 
     side: Side
@@ -168,6 +169,7 @@ class Plan:
     near_miss: Alternative | None = None
     cross_check: CrossCheck | None = None
     candidates_evaluated: int = 0
+    failing_shares: dict[str, float] = field(default_factory=dict)
 
     @property
     def feasible(self) -> bool:
@@ -202,6 +204,7 @@ class Plan:
             "near_miss": None if self.near_miss is None else self.near_miss.to_json(),
             "cross_check": None if self.cross_check is None else self.cross_check.to_json(),
             "candidates_evaluated": int(self.candidates_evaluated),
+            "failing_shares": {k: _num(v) for k, v in self.failing_shares.items()},
         }
         return out
 
