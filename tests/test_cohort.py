@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bmbx_phantoms.cohort import DESIGNED_INFEASIBLE, Case, cohort_cases, run_case, summarize
 from bmbx_phantoms.parameters import PATIENT_POSITIONS, PRESETS
 
@@ -39,14 +41,16 @@ def test_a_case_that_cannot_run_is_reported_and_the_study_resumes(
 ) -> None:
     from bmbx_phantoms import cohort
 
-    def fake_run(case: Case, *, cross_check: bool = True) -> list[dict]:
+    def fake_run(case: Case, *, cross_check: bool = True, voxel_mm=None) -> list[dict]:
         if case.seed == 1001:
             raise RuntimeError("no acetabulum")
+        pixel, slice_ = voxel_mm or (2.0, 2.5)
         return [
             {
                 "seed": case.seed,
                 "preset": case.preset,
                 "position": case.position,
+                "voxel_mm": f"{pixel:g} x {slice_:g}",
                 "side": side,
                 "status": "feasible",
                 "truth_admits": True,
@@ -70,13 +74,22 @@ def test_a_case_that_cannot_run_is_reported_and_the_study_resumes(
     monkeypatch.setattr(
         cohort,
         "run_case",
-        lambda case, cross_check=True: seen.append(case.seed) or fake_run(case),
+        lambda case, cross_check=True, voxel_mm=None: (
+            seen.append(case.seed) or fake_run(case, voxel_mm=voxel_mm)
+        ),
     )
     assert cohort.main(["--cases", "4", "--workers", "1", "--out", str(out), "--resume"]) == 0
     assert seen == [1003]
     resumed = capsys.readouterr().out
     # flags read back from the CSV count as booleans: 3 of the 6 sides admit with reserve
     assert "with the planner's reserve | 3 |" in resumed
+    assert "CT voxels 2 x 2.5 mm" in resumed
+    # phantoms of another voxel size do not join a study already begun
+    with pytest.raises(SystemExit) as stop:
+        cohort.main(["--cases", "5", "--out", str(out), "--resume", "--voxel-mm", "1", "1.25"])
+    assert stop.value.code == 2
+    assert "not 1 x 1.25: resume with the same --voxel-mm" in capsys.readouterr().err
+    assert seen == [1003]
 
 
 def test_the_table_sorts_missed_sides_by_their_binding_constraint() -> None:

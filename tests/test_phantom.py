@@ -231,3 +231,31 @@ def test_clinical_resolution_phantom_is_producible(tmp_path: Path) -> None:
     assert loaded.info.patient_position == "FFP"
     assert np.allclose(loaded.spacing_mm, [1.5, 0.8, 0.8])
     assert np.array_equal(resample_to(loaded, ph.ct, order=0).array, ph.ct.array)
+
+
+def test_bones_are_solid_with_their_creases_closed_and_their_openings_kept() -> None:
+    from bmbx_phantoms.bones import _solid
+
+    spacing = np.array([1.25, 1.0, 1.0])
+    block = np.zeros((20, 30, 30), bool)
+    block[3:17, 4:26, 4:26] = True
+    bone = block.copy()
+    bone[10, 15, 15] = False  # an enclosed pocket of one voxel
+    bone[6:14, 4:15, 8] = False  # a slit one voxel wide, open to the surface
+    bone[3:17, 18:22, 18:22] = False  # a canal 4 mm wide, through the bone
+    solid = _solid(bone, spacing)
+    expected = block.copy()
+    expected[3:17, 18:22, 18:22] = False  # the canal stays open
+    np.testing.assert_array_equal(solid, expected)
+
+
+def test_phantom_hip_bones_have_no_pockets_or_slits_inside() -> None:
+    # A thinned wing folds its mesh: the voxelised bone must still be solid, or its
+    # "truth" would hold soft tissue inside the marrow that no CT shows.
+    ph = make_phantom(
+        seed=1003, preset="narrow_corridor", pixel_spacing_mm=1.0, slice_spacing_mm=1.25
+    )
+    labels = np.asarray(ph.labels.array)
+    for side in ("left", "right"):
+        ilium = np.isin(labels, ilium_labels(side))
+        assert np.array_equal(ndimage.binary_fill_holes(ilium), ilium), side

@@ -76,6 +76,29 @@ def cortical_shell(
     return shell
 
 
+#: Creases of a bone surface narrower than this (mm) are closed (see :func:`_solid`).
+_SLIT_MM = 3.0
+
+
+def _solid(mask: Mask, spacing_mm: NDArray[np.float64]) -> Mask:
+    """``mask`` with its enclosed cavities filled and its slits narrower than
+    :data:`_SLIT_MM` closed.
+
+    A bone is solid and its surface smooth at the millimetre scale; a thin, folded part
+    of a mesh (a thinned wing) can leave pockets and creases of a voxel or two that no
+    real bone has. Openings wider than a slit (foramina, canals, the acetabulum) stay."""
+    reach = np.floor(_SLIT_MM / 2.0 / spacing_mm).astype(int)
+    box = bbox_slices(mask, int(reach.max()) + 1)
+    sub = mask[box]
+    offsets = np.indices(tuple(int(n) for n in 2 * reach + 1)).reshape(3, -1).T - reach
+    ball = np.zeros(tuple(2 * reach + 1), dtype=bool)
+    inside = np.linalg.norm(offsets * spacing_mm, axis=1) <= _SLIT_MM / 2.0
+    ball[tuple((offsets[inside] + reach).T)] = True
+    out = mask.copy()
+    out[box] = ndimage.binary_fill_holes(sub | ndimage.binary_closing(sub, structure=ball))
+    return out
+
+
 def _signed_distance(mask: Mask, spacing_mm: NDArray[np.float64]) -> NDArray[np.float64]:
     """Signed distance in mm (negative inside), voxel-centre accuracy."""
     outside = ndimage.distance_transform_edt(~mask, sampling=spacing_mm)
@@ -191,8 +214,10 @@ def build_bones(
     """
     template = grid.volume()
     spacing = grid.spacing_kji_mm
-    sacrum = voxelize(shape.sacrum, template)
-    hips = [voxelize(shape.left_hip, template), voxelize(shape.right_hip, template)]
+    sacrum = _solid(voxelize(shape.sacrum, template), spacing)
+    hips = [
+        _solid(voxelize(mesh, template), spacing) for mesh in (shape.left_hip, shape.right_hip)
+    ]
     joints = []
     for n in range(2):
         joint, sacrum, hips[n] = _si_joint(sacrum, hips[n], spacing, si_joint_width_mm)

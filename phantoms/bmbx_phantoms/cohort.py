@@ -33,7 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bmbx_phantoms.parameters import PATIENT_POSITIONS, PRESETS
+from bmbx_phantoms.parameters import PATIENT_POSITIONS, PRESETS, PhantomParameters
 from bmbx_phantoms.phantom import make_phantom
 from bmbx_phantoms.truth import truth_anatomy
 
@@ -69,13 +69,20 @@ def cohort_cases(count: int, *, first_seed: int = 1000) -> list[Case]:
     ]
 
 
-def run_case(case: Case, *, cross_check: bool = True) -> list[dict[str, Any]]:
-    """Plan one phantom from its CT and judge the plans on its truth (one row per side)."""
+def run_case(
+    case: Case, *, cross_check: bool = True, voxel_mm: tuple[float, float] | None = None
+) -> list[dict[str, Any]]:
+    """Plan one phantom from its CT and judge the plans on its truth (one row per side).
+
+    ``voxel_mm`` is the CT's (pixel spacing, slice spacing); by default the phantom's."""
     from bmbx_plan import segment_pelvis
     from bmbx_plan.planning import Planner, PlanningParameters
 
     start = time.perf_counter()
-    phantom = make_phantom(seed=case.seed, position=case.position, preset=case.preset)
+    grid: dict[str, Any] = {}
+    if voxel_mm is not None:
+        grid = {"pixel_spacing_mm": voxel_mm[0], "slice_spacing_mm": voxel_mm[1]}
+    phantom = make_phantom(seed=case.seed, position=case.position, preset=case.preset, **grid)
     anatomy = segment_pelvis(phantom.ct)
     truth = truth_anatomy(phantom)
     planner = Planner(anatomy)
@@ -83,6 +90,7 @@ def run_case(case: Case, *, cross_check: bool = True) -> list[dict[str, Any]]:
     # the truth planned with the reserve the planner keeps on the CT: a plan that exists
     # only within that reserve of a limit cannot be found safely from a segmentation
     robust = Planner(truth, PlanningParameters(reserve_mm=planner.reserve_mm))
+    grid_params = phantom.truth["parameters"]
     rows = []
     for side in ("left", "right"):
         plan = planner.plan(side, cross_check=cross_check)
@@ -91,6 +99,9 @@ def run_case(case: Case, *, cross_check: bool = True) -> list[dict[str, Any]]:
             "seed": case.seed,
             "preset": case.preset,
             "position": case.position,
+            "voxel_mm": _voxel_text(
+                grid_params["pixel_spacing_mm"], grid_params["slice_spacing_mm"]
+            ),
             "side": side,
             "status": plan.status,
             "needle": plan.needle or "",
@@ -134,6 +145,7 @@ FIELDS = [
     "seed",
     "preset",
     "position",
+    "voxel_mm",
     "side",
     "status",
     "needle",
@@ -183,8 +195,10 @@ def summarize(rows: Sequence[dict[str, Any]]) -> str:
     ]
     disagree = [r for r in proposed if r["cross_check_agrees"] is False]
     cases = {(r["seed"], r["preset"], r["position"]) for r in rows}
+    voxels = sorted({r["voxel_mm"] for r in rows if r.get("voxel_mm")})
     lines = [
         f"phantoms: {len(cases)}, sides planned: {len(rows)}"
+        + (f", CT voxels {' and '.join(voxels)} mm" if voxels else "")
         + (f"; phantoms that could not be built or run: {len(failed)}" if failed else ""),
         *(f"- seed {r['seed']} {r['preset']} {r['position']}: {r['error']}" for r in failed),
         "",
@@ -242,15 +256,22 @@ def _missed(admits: Sequence[dict[str, Any]]) -> list[str]:
     ]
 
 
+def _voxel_text(pixel_mm: float, slice_mm: float) -> str:
+    """A CT's voxel size as "pixel x slice" (mm)."""
+    return f"{pixel_mm:g} x {slice_mm:g}"
+
+
 def _share(part: int, whole: int) -> str:
     return f"{100.0 * part / whole:.1f} %" if whole else "-"
 
 
-def _run_or_report(case: Case, *, cross_check: bool) -> list[dict[str, Any]]:
+def _run_or_report(
+    case: Case, *, cross_check: bool, voxel_mm: tuple[float, float] | None
+) -> list[dict[str, Any]]:
     """:func:`run_case`, or one row saying why the case could not be run (a phantom the
     generator cannot build must not end a long study)."""
     try:
-        return run_case(case, cross_check=cross_check)
+        return run_case(case, cross_check=cross_check, voxel_mm=voxel_mm)
     except Exception as error:  # reported in the table, not hidden
         return [
             {
@@ -265,9 +286,13 @@ def _run_or_report(case: Case, *, cross_check: bool) -> list[dict[str, Any]]:
 
 
 def _run_all(
-    cases: Iterable[Case], workers: int, *, cross_check: bool
+    cases: Iterable[Case],
+    workers: int,
+    *,
+    cross_check: bool,
+    voxel_mm: tuple[float, float] | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
-    run = partial(_run_or_report, cross_check=cross_check)
+    run = partial(_run_or_report, cross_check=cross_check, voxel_mm=voxel_mm)
     if workers <= 1:
         yield from map(run, cases)
         return
@@ -288,6 +313,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-cross-check", action="store_true", help="skip the independent cross-check"
     )
     parser.add_argument(
+        "--voxel-mm",
+        type=float,
+        nargs=2,
+        metavar=("PIXEL", "SLICE"),
+        help="CT pixel and slice spacing (default: the phantom's, 2.0 and 2.5 mm)",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="keep the rows already in --out and run only the cases missing there",
@@ -296,8 +328,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases = cohort_cases(args.cases, first_seed=args.first_seed)
     rows: list[dict[str, Any]] = []
     resuming = args.resume and args.out is not None and args.out.exists()
+    voxel_mm = None if args.voxel_mm is None else (args.voxel_mm[0], args.voxel_mm[1])
     if resuming:
         rows = _read_rows(args.out)
+        default = PhantomParameters()
+        wanted = _voxel_text(*(voxel_mm or (default.pixel_spacing_mm, default.slice_spacing_mm)))
+        kept = {r["voxel_mm"] for r in rows if r.get("voxel_mm")}
+        if kept - {wanted}:
+            parser.error(
+                f"{args.out} holds phantoms of {', '.join(sorted(kept))} mm voxels, not "
+                f"{wanted}: resume with the same --voxel-mm"
+            )
         done = {int(r["seed"]) for r in rows}
         cases = [c for c in cases if c.seed not in done]
     with ExitStack() as stack:
@@ -310,7 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sink.writeheader()
         start = time.perf_counter()
         for n, case_rows in enumerate(
-            _run_all(cases, args.workers, cross_check=not args.no_cross_check), start=1
+            _run_all(cases, args.workers, cross_check=not args.no_cross_check, voxel_mm=voxel_mm),
+            start=1,
         ):
             rows.extend(case_rows)
             if sink is not None:
