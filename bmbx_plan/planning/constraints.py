@@ -73,10 +73,10 @@ class _Rule:
     at_most: bool  # passes when value <= limit (else value >= limit)
     passed_text: str
     failed_text: str
-    # Search reserve kept beyond the limit, per mm of reserve. The bone surface is sharp
-    # on CT (its clearance needs none); the SI joint is often narrow or partly fused, so
-    # where it lies is the least certain (two reserves); the cortex entry, and with it the
-    # core length and depth, can shift by about a voxel.
+    # Search reserve kept beyond the limit, per mm of reserve. A segmented surface can
+    # sit about half a voxel from the true one: the cortex entry (and with it the core
+    # length and the depth) and the tables the core keeps clear of. The SI joint is often
+    # narrow or partly fused, so where it lies is the least certain (two reserves).
     reserve: float = 0.0
 
     def passes(
@@ -176,7 +176,7 @@ CONSTRAINTS: tuple[_Rule, ...] = (
         "The core keeps {value:.1f} mm from both cortical tables (at least {limit:.0f} mm).",
         "The core comes within {value:.1f} mm of a cortical table (at least {limit:.0f} mm): "
         "it may leave the bone.",
-        reserve=0.0,
+        reserve=1.0,
     ),
     _Rule(
         "core_in_marrow",

@@ -178,7 +178,7 @@ def evaluate(
     marrow_only = core_marrow if parameters.min_marrow_fraction >= 1.0 else True
     ok = (
         marrow_only
-        & (core_depth - r >= margins["cortex"])
+        & (core_depth - r >= margins["cortex"] + reserve_mm)
         & (notch - r >= margins["sciatic_notch"] + reserve_mm)
         & (core_si - r >= margins["si_joint"] + 2.0 * reserve_mm)
     ) | ~in_core
