@@ -202,13 +202,18 @@ def _check_coverage(
 def _refine_femurs(
     split: PelvisBones, fit: ShapeFit, fitted: Sequence[Mask], grid: Volume
 ) -> PelvisBones:
-    """Second pass for the femoral heads: bone of a side that lies well outside the
-    fitted hip bone (and below its acetabulum) seeds the femur, the fitted hip bone seeds
+    """Second pass for the femoral heads: bone of a side that lies well outside both
+    fitted hip bones (and below the acetabulum) seeds the femur, the fitted hip bone seeds
     the hip, and a watershed on the depth below the bone surface cuts at the joint.
+
+    Bone inside the other fitted hip bone is no femur: the first pass can give a pubic
+    body to the far side across a symphysis without a visible cleft; the fitted model
+    takes it back (:func:`_reconcile_with_fit`).
 
     ``fitted`` are the fitted meshes voxelized on ``grid`` (the masks' grid).
     """
     out = {}
+    hips = fitted[0] | fitted[1]
     for n, side in enumerate(("left", "right")):
         hip, femur = getattr(split, f"ilium_{side}"), getattr(split, f"femur_{side}")
         out[f"ilium_{side}"], out[f"femur_{side}"] = hip, femur
@@ -219,7 +224,7 @@ def _refine_femurs(
         box = bounding_box(region | fitted[n], pad)
         sub, fit_sub = region[box], fitted[n][box]
         inside = ndimage.binary_erosion(fit_sub, iterations=2)
-        outside = distance_mm(~fit_sub, grid.spacing_mm) > _FEMUR_MARGIN_MM
+        outside = distance_mm(~hips[box], grid.spacing_mm) > _FEMUR_MARGIN_MM
         heights = fit.meshes[n].vertices_lps_mm[:, 2]
         below = grid.lps_coordinate(2, box) < float(heights.min() + 0.5 * np.ptp(heights))
         markers = np.zeros(sub.shape, np.int32)
