@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bmbx_plan.planning.evaluate import Evaluation
-from bmbx_plan.planning.parameters import PlanningParameters
+from bmbx_plan.planning.parameters import RESERVE_SHARES, PlanningParameters
 
 __all__ = ["CONSTRAINTS", "ConstraintResult", "constraint_results", "hard_passes"]
 
@@ -73,11 +73,11 @@ class _Rule:
     at_most: bool  # passes when value <= limit (else value >= limit)
     passed_text: str
     failed_text: str
-    # Search reserve kept beyond the limit, per mm of reserve. A segmented surface can
-    # sit about half a voxel from the true one: the cortex entry (and with it the core
-    # length and the depth) and the tables the core keeps clear of. The SI joint is often
-    # narrow or partly fused, so where it lies is the least certain (two reserves).
-    reserve: float = 0.0
+
+    @property
+    def reserve(self) -> float:
+        """Search reserve kept beyond the limit, per mm of reserve."""
+        return RESERVE_SHARES.get(self.name, 0.0)
 
     def passes(
         self, evaluation: Evaluation, parameters: PlanningParameters, reserve_mm: float = 0.0
@@ -108,7 +108,6 @@ CONSTRAINTS: tuple[_Rule, ...] = (
         "Skin to core end is {value:.0f} mm; the {needle} needle reaches {limit:.0f} mm.",
         "Skin to core end is {value:.0f} mm or more, beyond the {limit:.0f} mm the {needle} "
         "needle reaches: a longer needle is needed.",
-        reserve=1.0,
     ),
     _Rule(
         "soft_tissue_path",
@@ -131,7 +130,6 @@ CONSTRAINTS: tuple[_Rule, ...] = (
         "On its way to the bone the needle keeps every margin, with {value:.1f} mm to spare.",
         "On its way to the bone the needle comes {value:.1f} mm inside the margin of a "
         "structure to avoid.",
-        reserve=0.0,
     ),
     _Rule(
         "cortex_incidence",
@@ -143,7 +141,6 @@ CONSTRAINTS: tuple[_Rule, ...] = (
         "The needle meets the cortex {value:.0f} deg from its normal (at most {limit:.0f}).",
         "The needle meets the cortex {value:.0f} deg from its normal and may skive off "
         "(at most {limit:.0f} deg).",
-        reserve=1.0,
     ),
     _Rule(
         "craniocaudal_angle",
@@ -164,7 +161,6 @@ CONSTRAINTS: tuple[_Rule, ...] = (
         False,
         "The core is {value:.1f} mm long (at least {limit:.0f} mm).",
         "The core is only {value:.1f} mm long; at least {limit:.0f} mm is needed.",
-        reserve=1.0,
     ),
     _Rule(
         "core_cortex_clearance",
@@ -176,7 +172,6 @@ CONSTRAINTS: tuple[_Rule, ...] = (
         "The core keeps {value:.1f} mm from both cortical tables (at least {limit:.0f} mm).",
         "The core comes within {value:.1f} mm of a cortical table (at least {limit:.0f} mm): "
         "it may leave the bone.",
-        reserve=1.0,
     ),
     _Rule(
         "core_in_marrow",
@@ -199,7 +194,6 @@ CONSTRAINTS: tuple[_Rule, ...] = (
         "(at least {limit:.0f} mm).",
         "The needle comes within {value:.1f} mm of the sciatic notch apex (at least "
         "{limit:.0f} mm): superior gluteal vessels and the sciatic nerve run there.",
-        reserve=1.0,
     ),
     _Rule(
         "si_joint",
@@ -212,7 +206,6 @@ CONSTRAINTS: tuple[_Rule, ...] = (
         "(at least {limit:.0f} mm).",
         "The needle comes within {value:.1f} mm of the SI joint or the sacrum "
         "(at least {limit:.0f} mm).",
-        reserve=2.0,
     ),
     _Rule(
         "lateral_direction",

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 
 from bmbx_plan.geometry import axial_and_craniocaudal_angles_deg
 from bmbx_plan.planning.fields import BLOCKED_MM, SideFields
-from bmbx_plan.planning.parameters import PlanningParameters
+from bmbx_plan.planning.parameters import RESERVE_SHARES, PlanningParameters
 
 __all__ = ["CORE_STEP_MM", "PATH_STEP_MM", "Evaluation", "evaluate"]
 
@@ -176,11 +176,12 @@ def evaluate(
     in_core = tb[None, :] >= seat - 1e-6
     # a marrow-only core stops at the first cortex (e.g. where a thin wing's tables meet)
     marrow_only = core_marrow if parameters.min_marrow_fraction >= 1.0 else True
+    extra = {name: share * reserve_mm for name, share in RESERVE_SHARES.items()}
     ok = (
         marrow_only
-        & (core_depth - r >= margins["cortex"] + reserve_mm)
-        & (notch - r >= margins["sciatic_notch"] + reserve_mm)
-        & (core_si - r >= margins["si_joint"] + 2.0 * reserve_mm)
+        & (core_depth - r >= margins["cortex"] + extra["core_cortex_clearance"])
+        & (notch - r >= margins["sciatic_notch"] + extra["sciatic_notch"])
+        & (core_si - r >= margins["si_joint"] + extra["si_joint"])
     ) | ~in_core
     first_bad = np.where(ok.all(axis=1), len(tb), np.argmax(~ok, axis=1))
     safe_core = np.maximum(tb[np.maximum(first_bad - 1, 0)] - seat, 0.0)
@@ -189,11 +190,11 @@ def evaluate(
         fits = safe_core
         if fields.has_skin:
             # a deep skin entry shortens the core to what the needle reaches (reserve kept)
-            reached = parameters.needle.usable_length_mm - reserve_mm - seat - skin
+            reached = parameters.needle.usable_length_mm - extra["needle_length"] - seat - skin
             fits = np.minimum(safe_core, reached)
         core_len = np.clip(
             np.floor(fits / CORE_STEP_MM) * CORE_STEP_MM,
-            min(parameters.min_core_length_mm + reserve_mm, longest),
+            min(parameters.min_core_length_mm + extra["core_length"], longest),
             longest,
         )
     else:

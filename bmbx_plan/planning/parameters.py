@@ -15,6 +15,7 @@ import numpy as np
 __all__ = [
     "DEFAULT_MARGINS_MM",
     "NEEDLES",
+    "RESERVE_SHARES",
     "Needle",
     "PlanningParameters",
     "Side",
@@ -86,6 +87,22 @@ NEEDLES: dict[str, Needle] = {
     "8G-100": Needle("8G-100", 4.2, 90.0),
 }
 
+#: The search's reserve beyond each hard limit, in units of the reserve (mm; degrees for
+#: the incidence). The cortex entry, and with it the core length and the depth, can
+#: shift by about a voxel. The bone's surface is sharp on CT, but the scanner's blur
+#: lifts the first voxel outside a dense cortex to bone density where voxels are about as
+#: fine as the blur, so the segmented tables can sit a fraction of a voxel outside the
+#: true ones (0.2 mm measured at 1 mm voxels). The SI joint is often narrow or partly
+#: fused, so where it lies is the least certain.
+RESERVE_SHARES: dict[str, float] = {
+    "needle_length": 1.0,
+    "cortex_incidence": 1.0,
+    "core_length": 1.0,
+    "core_cortex_clearance": 0.5,
+    "sciatic_notch": 1.0,
+    "si_joint": 2.0,
+}
+
 #: Clearance (mm) between the needle surface and each structure, by name.
 DEFAULT_MARGINS_MM: dict[str, float] = {
     "cortex": 2.0,  # core to both cortical tables
@@ -139,11 +156,12 @@ class PlanningParameters:
     grid_mm : float
         Voxel size of the isotropic planning grid.
     reserve_mm : float or None
-        The search keeps every distance constraint at least this much beyond its limit
-        (and the incidence 3 deg below its limit), so that a proposed plan still passes
-        when the true anatomy differs from the segmentation by about a voxel. Checks
-        judge at the limits themselves. None: half the CT's largest voxel dimension,
-        between 0.5 and 2 mm.
+        The search keeps the hard limits with this reserve, in the shares of
+        :data:`RESERVE_SHARES` (the SI joint twice it, the cortical tables half of it,
+        the incidence 1 deg per mm), so that a proposed plan still passes when the true
+        anatomy differs from the segmentation by about a voxel. Checks judge at the
+        limits themselves. None: half the CT's largest voxel dimension, between 0.5 and
+        2 mm.
     """
 
     needle: Needle = NEEDLES["11G-100"]
