@@ -15,7 +15,8 @@ Run::
     python -m bmbx_phantoms.cohort --cases 200 --workers 2 --out cohort.csv
 
 It prints a summary table; ``--cases 12`` gives a quick look (the test suite runs a
-small subset).
+small subset). The phantoms have 2 x 2 x 2.5 mm voxels unless ``--voxel-mm PIXEL SLICE``
+asks for others (``--voxel-mm 1 1.25`` for a clinical planning CT; slower).
 """
 
 from __future__ import annotations
