@@ -12,6 +12,7 @@ from scipy import ndimage
 from bmbx_phantoms.atlas import PelvisShape
 from bmbx_phantoms.femur import ProximalFemur, femur_masks
 from bmbx_phantoms.grid import SceneGrid, bbox_slices
+from bmbx_plan.anatomy._grid import ball, enclosed
 from bmbx_plan.mesh import Mesh, voxelize
 
 __all__ = ["BoneMasks", "build_bones", "cortical_shell", "lumbar_spine"]
@@ -87,15 +88,12 @@ def _solid(mask: Mask, spacing_mm: NDArray[np.float64]) -> Mask:
     A bone is solid and its surface smooth at the millimetre scale; a thin, folded part
     of a mesh (a thinned wing) can leave pockets and creases of a voxel or two that no
     real bone has. Openings wider than a slit (foramina, canals, the acetabulum) stay."""
-    reach = np.floor(_SLIT_MM / 2.0 / spacing_mm).astype(int)
-    box = bbox_slices(mask, int(reach.max()) + 1)
+    structure = ball(_SLIT_MM / 2.0, spacing_mm)
+    box = bbox_slices(mask, max(structure.shape) // 2 + 1)
     sub = mask[box]
-    offsets = np.indices(tuple(int(n) for n in 2 * reach + 1)).reshape(3, -1).T - reach
-    ball = np.zeros(tuple(2 * reach + 1), dtype=bool)
-    inside = np.linalg.norm(offsets * spacing_mm, axis=1) <= _SLIT_MM / 2.0
-    ball[tuple((offsets[inside] + reach).T)] = True
+    closed = sub | ndimage.binary_closing(sub, structure=structure)
     out = mask.copy()
-    out[box] = ndimage.binary_fill_holes(sub | ndimage.binary_closing(sub, structure=ball))
+    out[box] = closed | enclosed(closed)
     return out
 
 
