@@ -13,7 +13,12 @@ import pytest
 from bmbx_phantoms import make_phantom
 from bmbx_phantoms.truth import truth_anatomy
 from bmbx_plan import Anatomy, Planner, PlanningParameters, segment_pelvis
-from bmbx_plan.planning.constraints import HARD_NAMES, hard_passes
+from bmbx_plan.planning.constraints import (
+    HARD_NAMES,
+    constraint_results,
+    hard_passes,
+    hard_shortfalls,
+)
 from bmbx_plan.planning.evaluate import CORE_STEP_MM, PATH_STEP_MM, evaluate
 from bmbx_plan.planning.fields import BLOCKED_MM, SideFields
 from bmbx_plan.planning.parameters import NEEDLES, Needle, Side
@@ -253,6 +258,63 @@ def test_vectorised_evaluation_matches_a_slow_reference(
             assert fast.path_clearance_mm[n] == pytest.approx(
                 min(slack) - p.needle.radius_mm, abs=1e-4
             )
+
+
+def test_shortfalls_say_by_how_much_each_hard_limit_is_missed(
+    phantom_case: tuple[object, Anatomy, Planner], plans: dict[str, object]
+) -> None:
+    """Candidates scattered around the plan, judged one by one from the reported value
+    and limit: the shortfall is how far the value lies beyond the limit (a marrow
+    fraction counted as mm of core), zero exactly where the constraint passes."""
+    _, _, planner = phantom_case
+    fields, p = planner.fields("right"), planner.parameters
+    rng = np.random.default_rng(11)
+    t = plans["right"].trajectory
+    entries = t.cortex_entry_lps_mm + rng.normal(0.0, 6.0, size=(40, 3))
+    directions = t.direction_lps + rng.normal(0.0, 0.3, size=(40, 3))
+    rows = evaluate(fields, p, entries, directions / np.linalg.norm(directions, axis=1)[:, None])
+    shortfalls = hard_shortfalls(rows, p)
+    assert shortfalls.shape == (40, len(HARD_NAMES))
+    assert (shortfalls > 0).any()
+    assert (shortfalls == 0).any()
+    np.testing.assert_array_equal(shortfalls <= 1e-6, hard_passes(rows, p))
+    for n in range(rows.count):
+        for result in constraint_results(rows.take(np.array([n])), p):
+            if result.kind != "hard":
+                continue
+            got = shortfalls[n, HARD_NAMES.index(result.name)]
+            if result.value is None:
+                assert got == np.inf or result.name == "path_clearance"
+                continue
+            at_most = result.name in (
+                "needle_length",
+                "soft_tissue_path",
+                "cortex_incidence",
+                "craniocaudal_angle",
+            )
+            beyond = result.value - result.limit if at_most else result.limit - result.value
+            if result.unit == "fraction":
+                beyond *= p.core_length_mm
+            assert got == pytest.approx(max(beyond, 0.0), abs=2e-3), result  # value rounding
+            assert (got <= 1e-6) == result.passed, result
+
+
+def test_the_near_miss_is_the_candidate_that_misses_by_the_least() -> None:
+    """Cohort phantom 1076 (thin_wing_left, FFP), left: the thinned wing admits no core
+    with 2 mm to both tables. Two deep paths beside the SI joint keep the tables but are
+    3 mm beyond the needle and 4 mm inside the SI margin; paths through the wing miss the
+    tables by under a millimetre. The near-miss is one of the latter, so the plan names
+    the core clearance among its binding constraints."""
+    phantom = make_phantom(seed=1076, preset="thin_wing_left", position="FFP")
+    planner = Planner(segment_pelvis(phantom.ct))
+    plan = planner.plan("left", cross_check=False, longer_needle=False)
+    assert not plan.feasible
+    assert "core_cortex_clearance" in {c.name for c in plan.failed}
+    assert plan.near_miss is not None
+    clearance = plan.near_miss.metrics.core_min_cortex_clearance_mm
+    assert (
+        planner.parameters.margin("cortex") - 1.5 < clearance < planner.parameters.margin("cortex")
+    )
 
 
 def test_a_needle_too_short_for_the_full_core_takes_the_core_it_reaches(

@@ -18,7 +18,13 @@ from numpy.typing import NDArray
 from bmbx_plan.planning.evaluate import Evaluation
 from bmbx_plan.planning.parameters import RESERVE_SHARES, PlanningParameters
 
-__all__ = ["CONSTRAINTS", "ConstraintResult", "constraint_results", "hard_passes"]
+__all__ = [
+    "CONSTRAINTS",
+    "ConstraintResult",
+    "constraint_results",
+    "hard_passes",
+    "hard_shortfalls",
+]
 
 FloatArray = NDArray[np.float64]
 # Comparisons allow for float32 maps and rounding of reported values.
@@ -79,16 +85,25 @@ class _Rule:
         """Search reserve kept beyond the limit, per mm of reserve."""
         return RESERVE_SHARES.get(self.name, 0.0)
 
-    def passes(
+    def shortfall(
         self, evaluation: Evaluation, parameters: PlanningParameters, reserve_mm: float = 0.0
-    ) -> NDArray[np.bool_]:
+    ) -> FloatArray:
+        """How far each trajectory lies beyond the limit (0 when it keeps it; inf when
+        the value cannot be measured), in mm: degrees count 1:1 as in the reserve, a
+        marrow fraction as mm of the planned core."""
         value = self.value(evaluation, parameters)
         limit = self.limit(parameters)
         extra = self.reserve * reserve_mm
-        limit = limit - extra if self.at_most else limit + extra
+        beyond = value - (limit - extra) if self.at_most else (limit + extra) - value
+        if self.unit == "fraction":
+            beyond = beyond * parameters.core_length_mm
+        return np.where(np.isnan(value), np.inf, np.maximum(beyond, 0.0))
+
+    def passes(
+        self, evaluation: Evaluation, parameters: PlanningParameters, reserve_mm: float = 0.0
+    ) -> NDArray[np.bool_]:
         with np.errstate(invalid="ignore"):
-            ok = value <= limit + _EPS if self.at_most else value >= limit - _EPS
-        return np.asarray(ok & ~np.isnan(value))
+            return np.asarray(self.shortfall(evaluation, parameters, reserve_mm) <= _EPS)
 
 
 def _cc(e: Evaluation, _p: PlanningParameters) -> FloatArray:
@@ -232,6 +247,34 @@ CONSTRAINTS: tuple[_Rule, ...] = (
 HARD_NAMES: tuple[str, ...] = tuple(rule.name for rule in CONSTRAINTS if rule.kind == "hard")
 
 
+def hard_shortfalls(
+    evaluation: Evaluation,
+    parameters: PlanningParameters,
+    *,
+    has_skin: bool = True,
+    reserve_mm: float = 0.0,
+) -> FloatArray:
+    """``(N, H)`` distance beyond each hard limit (columns in ``HARD_NAMES`` order), in mm
+    (see ``_Rule.shortfall``); 0 where the constraint is kept.
+
+    With ``reserve_mm`` the limits are tightened by it in the shares of
+    ``RESERVE_SHARES`` (the incidence limit by 1 deg per mm): the search plans with a
+    reserve, checks judge at the limits.
+    Without skin in the CT (bone-only data) the needle length cannot be checked and
+    counts as kept; plans say so.
+    """
+    columns = []
+    for rule in CONSTRAINTS:
+        if rule.kind != "hard":
+            continue
+        if rule.name == "needle_length" and not has_skin:
+            columns.append(np.zeros(evaluation.count))
+        else:
+            with np.errstate(invalid="ignore"):
+                columns.append(rule.shortfall(evaluation, parameters, reserve_mm))
+    return np.stack(columns, axis=1)
+
+
 def hard_passes(
     evaluation: Evaluation,
     parameters: PlanningParameters,
@@ -239,23 +282,9 @@ def hard_passes(
     has_skin: bool = True,
     reserve_mm: float = 0.0,
 ) -> NDArray[np.bool_]:
-    """``(N, H)`` pass/fail of every hard constraint (columns in ``HARD_NAMES`` order).
-
-    With ``reserve_mm`` the distance limits are tightened by it (the incidence limit by
-    1 deg per mm), the SI-joint distance by twice the reserve: the search plans with a
-    reserve, checks judge at the limits.
-    Without skin in the CT (bone-only data) the needle length cannot be checked and
-    counts as passed; plans say so.
-    """
-    columns = []
-    for rule in CONSTRAINTS:
-        if rule.kind != "hard":
-            continue
-        if rule.name == "needle_length" and not has_skin:
-            columns.append(np.ones(evaluation.count, bool))
-        else:
-            columns.append(rule.passes(evaluation, parameters, reserve_mm))
-    return np.stack(columns, axis=1)
+    """``(N, H)`` pass/fail of every hard constraint, see :func:`hard_shortfalls`."""
+    shortfalls = hard_shortfalls(evaluation, parameters, has_skin=has_skin, reserve_mm=reserve_mm)
+    return np.asarray(shortfalls <= _EPS)
 
 
 def constraint_results(

@@ -18,6 +18,7 @@ from bmbx_plan.planning.constraints import (
     ConstraintResult,
     constraint_results,
     hard_passes,
+    hard_shortfalls,
 )
 from bmbx_plan.planning.describe import describe, trajectory_of
 from bmbx_plan.planning.evaluate import CORE_STEP_MM, Evaluation, evaluate
@@ -166,11 +167,14 @@ class Planner:
             found = Evaluation.concatenate(
                 list(workers.map(batch, range(0, len(entry_index), _BATCH)))
             )
-        passes = hard_passes(found, p, has_skin=fields.has_skin, reserve_mm=self.reserve_mm)
+        shortfalls = hard_shortfalls(
+            found, p, has_skin=fields.has_skin, reserve_mm=self.reserve_mm
+        )
+        passes = shortfalls <= 0.0
         scores = score(found, p, fields)
         feasible = passes.all(axis=1)
         if not feasible.any():
-            return self._infeasible(side, fields, found, passes, scores)
+            return self._infeasible(side, fields, found, shortfalls, scores)
         self._say(f"{side.value}: refining")
         order = np.argsort(-np.where(feasible, scores, -np.inf), kind="stable")[
             : int(feasible.sum())
@@ -206,12 +210,11 @@ class Planner:
                 return self._nothing(side, why)
             lead = f"No safe trajectory for the {side.value} ilium: {why}"
             again = Evaluation.concatenate(rejected)
-            verdicts = hard_passes(again, p, has_skin=fields.has_skin, reserve_mm=self.reserve_mm)
             return self._infeasible(
                 side,
                 fields,
                 again,
-                verdicts,
+                hard_shortfalls(again, p, has_skin=fields.has_skin, reserve_mm=self.reserve_mm),
                 score(again, p, fields),
                 lead=lead,
                 searched=passes,
@@ -270,7 +273,7 @@ class Planner:
         side: Side,
         fields: SideFields,
         found: Evaluation,
-        passes: NDArray[np.bool_],
+        shortfalls: FloatArray,
         scores: FloatArray,
         *,
         lead: str | None = None,
@@ -278,10 +281,15 @@ class Planner:
     ) -> Plan:
         """No candidate passes: report the binding constraints and the best near-miss.
 
-        ``found`` are the candidates judged, with their verdicts ``passes``; by default
-        they are all the search evaluated, else ``searched`` holds the search's verdicts.
-        ``lead`` replaces the first reason line."""
-        best = int(np.argmax(passes.sum(axis=1) * 10.0 + scores))
+        ``found`` are the candidates judged, with how far they lie beyond each hard
+        limit (``shortfalls``, mm); by default they are all the search evaluated, else
+        ``searched`` holds the search's verdicts. ``lead`` replaces the first reason
+        line. The near-miss is the candidate that misses by the least in all, the
+        score breaking ties: a path that fails one limit by centimetres is farther from
+        safe than one that fails two by a millimetre each."""
+        passes = shortfalls <= 0.0
+        total = shortfalls.sum(axis=1)
+        best = int(np.lexsort((-scores, np.round(total, 3)))[0])
         nearest = found.take(np.array([best]))
         miss = self._alternative(fields, nearest)
         binding = {name for name, ok in zip(HARD_NAMES, passes[best], strict=True) if not ok}
