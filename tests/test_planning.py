@@ -21,7 +21,7 @@ from bmbx_plan.planning.constraints import (
 )
 from bmbx_plan.planning.evaluate import CORE_STEP_MM, PATH_STEP_MM, evaluate
 from bmbx_plan.planning.fields import BLOCKED_MM, SideFields
-from bmbx_plan.planning.parameters import NEEDLES, Needle, Side
+from bmbx_plan.planning.parameters import NEEDLES, RESERVE_SHARES, Needle, Side
 
 SCHEMA = Path(__file__).parents[1] / ".." / "shared" / "spec" / "plan.schema.json"
 
@@ -322,8 +322,8 @@ def test_a_needle_too_short_for_the_full_core_takes_the_core_it_reaches(
 ) -> None:
     _, anatomy, planner = phantom_case
     t, metrics = plans["right"].trajectory, plans["right"].metrics
-    # a needle 1.5 mm shorter than the plan's path needs (less than the 3.75 mm between
-    # the full core and the shortest core with the reserve)
+    # a needle 1.5 mm shorter than the plan's path needs (less than the 4.4 mm between
+    # the full core and the shortest core with its reserve)
     short = Needle(
         "11G-short", planner.parameters.needle.outer_diameter_mm, metrics.total_depth_mm - 1.5
     )
@@ -338,8 +338,9 @@ def test_a_needle_too_short_for_the_full_core_takes_the_core_it_reaches(
     )
     # the same path, with the core cut to what the needle reaches (its reserve kept)
     assert row.core_length_mm[0] < p.core_length_mm - 1.5
-    assert row.core_length_mm[0] >= p.min_core_length_mm + reserve
-    assert row.total_depth_mm(p)[0] <= short.usable_length_mm - reserve
+    assert row.core_length_mm[0] >= p.min_core_length_mm + RESERVE_SHARES["core_length"] * reserve
+    reach = short.usable_length_mm - RESERVE_SHARES["needle_length"] * reserve
+    assert row.total_depth_mm(p)[0] <= reach
     passes = hard_passes(row, p, has_skin=True, reserve_mm=reserve)
     assert passes[0, HARD_NAMES.index("needle_length")]
     # the planner keeps the short needle, and says when it cut the core

@@ -1,0 +1,258 @@
+"""How far the segmentation moves each hard constraint: the measurement behind the
+planner's reserve (``bmbx_plan.planning.parameters.RESERVE_SHARES``).
+
+For each phantom and side, the planner's search candidates are evaluated on the
+segmented CT. The ones nearest each limit, among those that pass every hard constraint
+and among those the search keeps with its reserve, and a random sample of the latter,
+are drawn as a user would draw them (skin entry to core end) and checked twice: on the
+segmentation and on the phantom's exact truth. The reserve is enough when no candidate
+it keeps fails on the truth.
+
+Run::
+
+    python -m bmbx_phantoms.reserve [--cases N] [--step S] [--workers W]
+                                    [--voxel-mm PIXEL SLICE] [--out FILE.csv]
+
+and read the table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bmbx_phantoms.cohort import Case, cohort_cases
+from bmbx_phantoms.phantom import make_phantom
+from bmbx_phantoms.truth import truth_anatomy
+
+__all__ = ["kept_with_reserve", "measure_case", "summarize"]
+
+#: Candidates per side nearest each limit, and drawn at random among the passing ones.
+NEAREST = 25
+RANDOM = 60
+#: Limits whose nearest candidates are drawn (the others are binary or rarely bind).
+_PROBED = (
+    "needle_length",
+    "core_length",
+    "core_cortex_clearance",
+    "sciatic_notch",
+    "si_joint",
+    "cortex_incidence",
+    "path_clearance",
+)
+
+
+def measure_case(case: Case, *, voxel_mm: tuple[float, float] | None = None) -> list[dict]:
+    """One row per drawn candidate: its line and, per hard constraint, the value on the
+    segmentation and on the truth and whether each passes (no reserve)."""
+    from bmbx_plan import segment_pelvis
+    from bmbx_plan.planning import Planner, PlanningParameters
+    from bmbx_plan.planning.candidates import direction_grid, entry_points
+    from bmbx_plan.planning.constraints import CONSTRAINTS, HARD_NAMES, hard_shortfalls
+    from bmbx_plan.planning.evaluate import Evaluation, evaluate
+
+    grid: dict[str, Any] = {}
+    if voxel_mm is not None:
+        grid = {"pixel_spacing_mm": voxel_mm[0], "slice_spacing_mm": voxel_mm[1]}
+    phantom = make_phantom(seed=case.seed, position=case.position, preset=case.preset, **grid)
+    anatomy = segment_pelvis(phantom.ct)
+    seg = Planner(anatomy, PlanningParameters(reserve_mm=0.0))
+    truth = Planner(truth_anatomy(phantom), PlanningParameters(reserve_mm=0.0))
+    p = seg.parameters
+    # the reserve the planner keeps on this CT (the shares are applied in the table)
+    reserve = PlanningParameters().reserve_for(float(anatomy.labels.spacing_mm.max()))
+    rules = {rule.name: rule for rule in CONSTRAINTS if rule.kind == "hard"}
+    rng = np.random.default_rng(case.seed)
+    voxel = phantom.truth["parameters"]
+    rows = []
+    for side in ("left", "right"):
+        fields = seg.fields(side)
+        points, normals = entry_points(fields, p)
+        directions = direction_grid(fields, p)
+        ei, di = np.nonzero(-(normals @ directions.T) >= np.cos(np.radians(p.max_incidence_deg)))
+        if not len(ei):
+            continue
+        found = Evaluation.concatenate(
+            [
+                evaluate(fields, p, points[ei[s : s + 16_384]], directions[di[s : s + 16_384]])
+                for s in range(0, len(ei), 16_384)
+            ]
+        )
+        passing = np.nonzero((hard_shortfalls(found, p) <= 0.0).all(axis=1))[0]
+        kept = np.nonzero((hard_shortfalls(found, p, reserve_mm=reserve) <= 0.0).all(axis=1))[0]
+        if not len(passing):
+            continue
+        # nearest each limit among those passing, and among those the search keeps
+        # with its reserve (the plans it may propose), plus a random sample of the latter
+        pool = kept if len(kept) else passing
+        picked = set(rng.choice(pool, min(RANDOM, len(pool)), replace=False).tolist())
+        for among in (passing, kept):
+            rows_of = found.take(among)
+            for name in _PROBED:
+                rule = rules[name]
+                value, limit = rule.value(rows_of, p), rule.limit(p)
+                slack = limit - value if rule.at_most else value - limit
+                picked.update(among[np.argsort(slack)[:NEAREST]].tolist())
+        chosen = found.take(np.array(sorted(picked)))
+        skins = chosen.skin_entry()
+        ends = chosen.cortex_entry + (p.seat_depth_mm + chosen.core_length_mm)[:, None] * (
+            chosen.direction
+        )
+        for skin, end in zip(skins, ends, strict=True):
+            on_seg = seg.check(side, skin, end)
+            on_truth = {c.name: c for c in truth.check(side, skin, end).constraints}
+            row: dict[str, Any] = {
+                "seed": case.seed,
+                "preset": case.preset,
+                "position": case.position,
+                "voxel_mm": f"{voxel['pixel_spacing_mm']:g} x {voxel['slice_spacing_mm']:g}",
+                "side": side,
+                "reserve_mm": reserve,
+                "skin_lps_mm": " ".join(f"{v:.2f}" for v in skin),
+                "end_lps_mm": " ".join(f"{v:.2f}" for v in end),
+                "passes_on_segmentation": on_seg.feasible,
+            }
+            for result in on_seg.constraints:
+                if result.name not in HARD_NAMES:
+                    continue
+                judged = on_truth.get(result.name)
+                row[f"{result.name}:segmentation"] = result.value
+                row[f"{result.name}:truth"] = None if judged is None else judged.value
+                row[f"{result.name}:truth_passes"] = judged is not None and judged.passed
+            rows.append(row)
+    return rows
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> str:
+    """Per hard constraint: how far the segmentation moved it, how many candidates that
+    pass on the segmentation fail it on the truth, and how many of those the search's
+    reserve lets through (a candidate is kept when it passes every hard constraint on the
+    segmentation by its reserve; the reserve of each CT, see :func:`kept_with_reserve`)."""
+    from bmbx_plan.planning.constraints import CONSTRAINTS
+    from bmbx_plan.planning.parameters import RESERVE_SHARES
+
+    if not rows:
+        return "no candidates were drawn"
+    reserves = sorted({float(r["reserve_mm"]) for r in rows})
+    voxels = ", ".join(sorted({str(r["voxel_mm"]) for r in rows}))
+    kept = [kept_with_reserve(r) for r in rows]
+    lines = [
+        f"CT voxels {voxels} mm; the planner's reserve "
+        + ", ".join(f"{v:.2f}" for v in reserves)
+        + " mm",
+        "",
+        f"phantoms: {len({r['seed'] for r in rows})}, sides: "
+        f"{len({(r['seed'], r['side']) for r in rows})}, candidates drawn: {len(rows)}, "
+        f"passing every hard constraint on the segmentation: "
+        f"{sum(_flag(r['passes_on_segmentation']) for r in rows)}, "
+        f"of those with the reserve: {sum(kept)}",
+        "",
+        "| constraint | unit | reserve share | moved by (99.9 %) | moved by (max) | "
+        "fail on the truth | of those, kept with the reserve |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for rule in CONSTRAINTS:
+        if rule.kind != "hard":
+            continue
+        moved, failures, through = [], 0, 0
+        for r, keep in zip(rows, kept, strict=True):
+            seg, tru = _number(r, f"{rule.name}:segmentation"), _number(r, f"{rule.name}:truth")
+            if seg is None or tru is None:
+                continue
+            moved.append(tru - seg if rule.at_most else seg - tru)
+            if _flag(r["passes_on_segmentation"]) and not _flag(r[f"{rule.name}:truth_passes"]):
+                failures += 1
+                through += keep
+        spread = np.array(moved) if moved else np.zeros(1)
+        lines.append(
+            f"| {rule.name} | {rule.unit} | {RESERVE_SHARES.get(rule.name, 0.0):g} | "
+            f"{np.quantile(spread, 0.999):.2f} | {spread.max():.2f} | {failures} | {through} |"
+        )
+    return "\n".join(lines)
+
+
+def kept_with_reserve(row: dict[str, Any]) -> bool:
+    """Whether the search, which keeps every hard limit with its reserve, would keep this
+    candidate (its values on the segmentation, the reserve of its CT)."""
+    from bmbx_plan.planning.constraints import CONSTRAINTS
+    from bmbx_plan.planning.parameters import RESERVE_SHARES, PlanningParameters
+
+    if not _flag(row["passes_on_segmentation"]):
+        return False
+    p = PlanningParameters()
+    for rule in CONSTRAINTS:
+        value = _number(row, f"{rule.name}:segmentation")
+        if rule.kind != "hard" or value is None:
+            continue
+        extra = RESERVE_SHARES.get(rule.name, 0.0) * float(row["reserve_mm"])
+        limit = rule.limit(p)
+        if (value > limit - extra) if rule.at_most else (value < limit + extra):
+            return False
+    return True
+
+
+def _number(row: dict[str, Any], key: str) -> float | None:
+    value = row.get(key)
+    return None if value is None or value == "" else float(value)
+
+
+def _flag(value: Any) -> bool:
+    return value is True or value == "True"
+
+
+def _measure_or_skip(case: Case, voxel_mm: tuple[float, float] | None) -> list[dict]:
+    try:
+        return measure_case(case, voxel_mm=voxel_mm)
+    except Exception as error:  # one phantom the generator cannot build ends no study
+        print(f"seed {case.seed}: {type(error).__name__}: {error}", file=sys.stderr)
+        return []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Measure, print progress on stderr and the table on stdout."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bmbx_phantoms.reserve", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--cases", type=int, default=200, help="cohort phantoms to draw from")
+    parser.add_argument("--step", type=int, default=2, help="measure every STEP-th phantom")
+    parser.add_argument("--first-seed", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--voxel-mm", type=float, nargs=2, metavar=("PIXEL", "SLICE"))
+    parser.add_argument("--out", type=Path, help="CSV file with one row per candidate")
+    args = parser.parse_args(argv)
+    cases = cohort_cases(args.cases, first_seed=args.first_seed)[:: args.step]
+    voxel_mm = None if args.voxel_mm is None else (args.voxel_mm[0], args.voxel_mm[1])
+    rows: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=max(args.workers, 1)) as pool:
+        measured = pool.map(partial(_measure_or_skip, voxel_mm=voxel_mm), cases)
+        for n, (case, case_rows) in enumerate(zip(cases, measured, strict=True), start=1):
+            rows.extend(case_rows)
+            print(
+                f"[{n}/{len(cases)} {time.perf_counter() - start:.0f} s] seed {case.seed} "
+                f"{case.preset} {case.position}: {len(case_rows)} candidates",
+                file=sys.stderr,
+                flush=True,
+            )
+    if args.out is not None and rows:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        names = list(dict.fromkeys(key for row in rows for key in row))
+        with args.out.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=names, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+    print(summarize(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
