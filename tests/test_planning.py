@@ -322,7 +322,7 @@ def test_a_needle_too_short_for_the_full_core_takes_the_core_it_reaches(
 ) -> None:
     _, anatomy, planner = phantom_case
     t, metrics = plans["right"].trajectory, plans["right"].metrics
-    # a needle 1.5 mm shorter than the plan's path needs (less than the 4.4 mm between
+    # a needle 1.5 mm shorter than the plan's path needs (less than the 3.75 mm between
     # the full core and the shortest core with its reserve)
     short = Needle(
         "11G-short", planner.parameters.needle.outer_diameter_mm, metrics.total_depth_mm - 1.5
