@@ -24,6 +24,7 @@ __all__ = [
     "constraint_results",
     "hard_passes",
     "hard_shortfalls",
+    "kept",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -102,8 +103,7 @@ class _Rule:
     def passes(
         self, evaluation: Evaluation, parameters: PlanningParameters, reserve_mm: float = 0.0
     ) -> NDArray[np.bool_]:
-        with np.errstate(invalid="ignore"):
-            return np.asarray(self.shortfall(evaluation, parameters, reserve_mm) <= _EPS)
+        return kept(self.shortfall(evaluation, parameters, reserve_mm))
 
 
 def _cc(e: Evaluation, _p: PlanningParameters) -> FloatArray:
@@ -270,9 +270,13 @@ def hard_shortfalls(
         if rule.name == "needle_length" and not has_skin:
             columns.append(np.zeros(evaluation.count))
         else:
-            with np.errstate(invalid="ignore"):
-                columns.append(rule.shortfall(evaluation, parameters, reserve_mm))
+            columns.append(rule.shortfall(evaluation, parameters, reserve_mm))
     return np.stack(columns, axis=1)
+
+
+def kept(shortfalls: FloatArray) -> NDArray[np.bool_]:
+    """Where a shortfall keeps its limit (up to the rounding of float32 maps)."""
+    return np.asarray(shortfalls <= _EPS)
 
 
 def hard_passes(
@@ -283,8 +287,7 @@ def hard_passes(
     reserve_mm: float = 0.0,
 ) -> NDArray[np.bool_]:
     """``(N, H)`` pass/fail of every hard constraint, see :func:`hard_shortfalls`."""
-    shortfalls = hard_shortfalls(evaluation, parameters, has_skin=has_skin, reserve_mm=reserve_mm)
-    return np.asarray(shortfalls <= _EPS)
+    return kept(hard_shortfalls(evaluation, parameters, has_skin=has_skin, reserve_mm=reserve_mm))
 
 
 def constraint_results(

@@ -161,9 +161,8 @@ class PlanningParameters:
         :data:`RESERVE_SHARES` (the SI joint twice it; the cortical tables and the
         needle's reach half of it; the incidence 1 deg per mm), so that a proposed plan
         still passes when the true anatomy differs from the segmentation by about a
-        voxel. Checks judge at the
-        limits themselves. None: half the CT's largest voxel dimension, between 0.5 and
-        2 mm.
+        voxel. Checks judge at the limits themselves. None: half the CT's largest voxel
+        dimension, between 0.5 and 2 mm.
     """
 
     needle: Needle = NEEDLES["11G-100"]

@@ -19,6 +19,7 @@ from bmbx_plan.planning.constraints import (
     constraint_results,
     hard_passes,
     hard_shortfalls,
+    kept,
 )
 from bmbx_plan.planning.describe import describe, trajectory_of
 from bmbx_plan.planning.evaluate import CORE_STEP_MM, Evaluation, evaluate
@@ -170,7 +171,7 @@ class Planner:
         shortfalls = hard_shortfalls(
             found, p, has_skin=fields.has_skin, reserve_mm=self.reserve_mm
         )
-        passes = shortfalls <= 0.0
+        passes = kept(shortfalls)
         scores = score(found, p, fields)
         feasible = passes.all(axis=1)
         if not feasible.any():
@@ -287,7 +288,7 @@ class Planner:
         line. The near-miss is the candidate that misses by the least in all, the
         score breaking ties: a path that fails one limit by centimetres is farther from
         safe than one that fails two by a millimetre each."""
-        passes = shortfalls <= 0.0
+        passes = kept(shortfalls)
         total = shortfalls.sum(axis=1)
         best = int(np.lexsort((-scores, np.round(total, 3)))[0])
         nearest = found.take(np.array([best]))

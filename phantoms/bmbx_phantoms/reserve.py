@@ -57,7 +57,7 @@ def measure_case(case: Case, *, voxel_mm: tuple[float, float] | None = None) -> 
     from bmbx_plan import segment_pelvis
     from bmbx_plan.planning import Planner, PlanningParameters
     from bmbx_plan.planning.candidates import direction_grid, entry_points
-    from bmbx_plan.planning.constraints import CONSTRAINTS, HARD_NAMES, hard_shortfalls
+    from bmbx_plan.planning.constraints import CONSTRAINTS, HARD_NAMES, hard_shortfalls, kept
     from bmbx_plan.planning.evaluate import Evaluation, evaluate
 
     grid: dict[str, Any] = {}
@@ -87,15 +87,15 @@ def measure_case(case: Case, *, voxel_mm: tuple[float, float] | None = None) -> 
                 for s in range(0, len(ei), 16_384)
             ]
         )
-        passing = np.nonzero((hard_shortfalls(found, p) <= 0.0).all(axis=1))[0]
-        kept = np.nonzero((hard_shortfalls(found, p, reserve_mm=reserve) <= 0.0).all(axis=1))[0]
+        passing = np.nonzero(kept(hard_shortfalls(found, p)).all(axis=1))[0]
+        held = np.nonzero(kept(hard_shortfalls(found, p, reserve_mm=reserve)).all(axis=1))[0]
         if not len(passing):
             continue
         # nearest each limit among those passing, and among those the search keeps
         # with its reserve (the plans it may propose), plus a random sample of the latter
-        pool = kept if len(kept) else passing
+        pool = held if len(held) else passing
         picked = set(rng.choice(pool, min(RANDOM, len(pool)), replace=False).tolist())
-        for among in (passing, kept):
+        for among in (passing, held):
             rows_of = found.take(among)
             for name in _PROBED:
                 rule = rules[name]
