@@ -92,7 +92,13 @@ class _Rule:
         """How far each trajectory lies beyond the limit (0 when it keeps it; inf when
         the value cannot be measured), in mm: degrees count 1:1 as in the reserve, a
         marrow fraction as mm of the planned core."""
-        value = self.value(evaluation, parameters)
+        return self.shortfall_of(self.value(evaluation, parameters), parameters, reserve_mm)
+
+    def shortfall_of(
+        self, value: FloatArray, parameters: PlanningParameters, reserve_mm: float = 0.0
+    ) -> FloatArray:
+        """:meth:`shortfall` of measured values of this rule."""
+        value = np.asarray(value, np.float64)
         limit = self.limit(parameters)
         extra = self.reserve * reserve_mm
         beyond = value - (limit - extra) if self.at_most else (limit + extra) - value

@@ -131,7 +131,10 @@ class Planner:
                 return replace(alternative, reasons=(note, *alternative.reasons))
         return plan
 
-    def _plan_once(self, side: Side | str, *, cross_check: bool) -> Plan:
+    def candidates(self, side: Side | str) -> Evaluation | str:
+        """Every trajectory the search considers on ``side``, evaluated (cortex entries
+        around the PSIS times the cone of directions, kept where the incidence allows);
+        a sentence saying why there are none otherwise."""
         side = Side.parse(side)
         fields = self.fields(side)
         p = self.parameters
@@ -139,18 +142,16 @@ class Planner:
         points, normals = entry_points(fields, p)
         directions = direction_grid(fields, p)
         if not len(points):
-            return self._nothing(
-                side,
+            return (
                 "No posterior surface of the ilium lies within "
-                f"{p.entry_search_radius_mm:.0f} mm of the PSIS.",
+                f"{p.entry_search_radius_mm:.0f} mm of the PSIS."
             )
         cos = -(normals @ directions.T)
         entry_index, direction_index = np.nonzero(cos >= np.cos(np.radians(p.max_incidence_deg)))
         if not len(entry_index):
-            return self._nothing(
-                side,
+            return (
                 "No direction along the wing meets the posterior cortex "
-                f"within {p.max_incidence_deg:.0f} deg of its normal.",
+                f"within {p.max_incidence_deg:.0f} deg of its normal."
             )
         self._say(f"{side.value}: evaluating {len(entry_index):,} trajectories")
 
@@ -165,9 +166,17 @@ class Planner:
 
         # numpy releases the GIL in the kernel's array work: batches run side by side
         with ThreadPoolExecutor(max_workers=THREADS) as workers:
-            found = Evaluation.concatenate(
+            return Evaluation.concatenate(
                 list(workers.map(batch, range(0, len(entry_index), _BATCH)))
             )
+
+    def _plan_once(self, side: Side | str, *, cross_check: bool) -> Plan:
+        side = Side.parse(side)
+        fields = self.fields(side)
+        p = self.parameters
+        found = self.candidates(side)
+        if isinstance(found, str):
+            return self._nothing(side, found)
         shortfalls = hard_shortfalls(
             found, p, has_skin=fields.has_skin, reserve_mm=self.reserve_mm
         )

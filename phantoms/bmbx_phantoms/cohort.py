@@ -26,7 +26,7 @@ import csv
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bmbx_phantoms.parameters import PATIENT_POSITIONS, PRESETS, PhantomParameters
-from bmbx_phantoms.phantom import make_phantom
+from bmbx_phantoms.phantom import Phantom, make_phantom
 from bmbx_phantoms.truth import truth_anatomy
 
 __all__ = ["DESIGNED_INFEASIBLE", "Case", "cohort_cases", "run_case", "summarize"]
@@ -80,10 +80,7 @@ def run_case(
     from bmbx_plan.planning import Planner, PlanningParameters
 
     start = time.perf_counter()
-    grid: dict[str, Any] = {}
-    if voxel_mm is not None:
-        grid = {"pixel_spacing_mm": voxel_mm[0], "slice_spacing_mm": voxel_mm[1]}
-    phantom = make_phantom(seed=case.seed, position=case.position, preset=case.preset, **grid)
+    phantom = phantom_of(case, voxel_mm)
     anatomy = segment_pelvis(phantom.ct)
     truth = truth_anatomy(phantom)
     planner = Planner(anatomy)
@@ -91,7 +88,6 @@ def run_case(
     # the truth planned with the reserve the planner keeps on the CT: a plan that exists
     # only within that reserve of a limit cannot be found safely from a segmentation
     robust = Planner(truth, PlanningParameters(reserve_mm=planner.reserve_mm))
-    grid_params = phantom.truth["parameters"]
     rows = []
     for side in ("left", "right"):
         plan = planner.plan(side, cross_check=cross_check)
@@ -100,9 +96,7 @@ def run_case(
             "seed": case.seed,
             "preset": case.preset,
             "position": case.position,
-            "voxel_mm": _voxel_text(
-                grid_params["pixel_spacing_mm"], grid_params["slice_spacing_mm"]
-            ),
+            "voxel_mm": voxel_text_of(phantom),
             "side": side,
             "status": plan.status,
             "needle": plan.needle or "",
@@ -257,9 +251,24 @@ def _missed(admits: Sequence[dict[str, Any]]) -> list[str]:
     ]
 
 
+def phantom_of(case: Case, voxel_mm: tuple[float, float] | None = None) -> Phantom:
+    """The case's phantom; ``voxel_mm`` is its CT's (pixel spacing, slice spacing), by
+    default the phantom's."""
+    grid: dict[str, Any] = {}
+    if voxel_mm is not None:
+        grid = {"pixel_spacing_mm": voxel_mm[0], "slice_spacing_mm": voxel_mm[1]}
+    return make_phantom(seed=case.seed, position=case.position, preset=case.preset, **grid)
+
+
 def _voxel_text(pixel_mm: float, slice_mm: float) -> str:
     """A CT's voxel size as "pixel x slice" (mm)."""
     return f"{pixel_mm:g} x {slice_mm:g}"
+
+
+def voxel_text_of(phantom: Phantom) -> str:
+    """The phantom CT's voxel size as "pixel x slice" (mm), as the studies' CSVs hold it."""
+    grid = phantom.truth["parameters"]
+    return _voxel_text(grid["pixel_spacing_mm"], grid["slice_spacing_mm"])
 
 
 def _share(part: int, whole: int) -> str:
@@ -286,14 +295,10 @@ def _run_or_report(
         ]
 
 
-def _run_all(
-    cases: Iterable[Case],
-    workers: int,
-    *,
-    cross_check: bool,
-    voxel_mm: tuple[float, float] | None = None,
+def in_parallel(
+    run: Callable[[Case], list[dict[str, Any]]], cases: Iterable[Case], workers: int
 ) -> Iterator[list[dict[str, Any]]]:
-    run = partial(_run_or_report, cross_check=cross_check, voxel_mm=voxel_mm)
+    """``run`` of each case in order, in ``workers`` processes (``run`` must pickle)."""
     if workers <= 1:
         yield from map(run, cases)
         return
@@ -352,7 +357,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sink.writeheader()
         start = time.perf_counter()
         for n, case_rows in enumerate(
-            _run_all(cases, args.workers, cross_check=not args.no_cross_check, voxel_mm=voxel_mm),
+            in_parallel(
+                partial(_run_or_report, cross_check=not args.no_cross_check, voxel_mm=voxel_mm),
+                cases,
+                args.workers,
+            ),
             start=1,
         ):
             rows.extend(case_rows)

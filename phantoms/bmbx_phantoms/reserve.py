@@ -23,15 +23,13 @@ import csv
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bmbx_phantoms.cohort import Case, cohort_cases
-from bmbx_phantoms.phantom import make_phantom
+from bmbx_phantoms.cohort import Case, cohort_cases, in_parallel, phantom_of, voxel_text_of
 from bmbx_phantoms.truth import truth_anatomy
 
 __all__ = ["kept_with_reserve", "measure_case", "summarize"]
@@ -56,14 +54,9 @@ def measure_case(case: Case, *, voxel_mm: tuple[float, float] | None = None) -> 
     segmentation and on the truth and whether each passes (no reserve)."""
     from bmbx_plan import segment_pelvis
     from bmbx_plan.planning import Planner, PlanningParameters
-    from bmbx_plan.planning.candidates import direction_grid, entry_points
     from bmbx_plan.planning.constraints import CONSTRAINTS, HARD_NAMES, hard_shortfalls, kept
-    from bmbx_plan.planning.evaluate import Evaluation, evaluate
 
-    grid: dict[str, Any] = {}
-    if voxel_mm is not None:
-        grid = {"pixel_spacing_mm": voxel_mm[0], "slice_spacing_mm": voxel_mm[1]}
-    phantom = make_phantom(seed=case.seed, position=case.position, preset=case.preset, **grid)
+    phantom = phantom_of(case, voxel_mm)
     anatomy = segment_pelvis(phantom.ct)
     seg = Planner(anatomy, PlanningParameters(reserve_mm=0.0))
     truth = Planner(truth_anatomy(phantom), PlanningParameters(reserve_mm=0.0))
@@ -72,21 +65,12 @@ def measure_case(case: Case, *, voxel_mm: tuple[float, float] | None = None) -> 
     reserve = PlanningParameters().reserve_for(float(anatomy.labels.spacing_mm.max()))
     rules = {rule.name: rule for rule in CONSTRAINTS if rule.kind == "hard"}
     rng = np.random.default_rng(case.seed)
-    voxel = phantom.truth["parameters"]
+    voxel = voxel_text_of(phantom)
     rows = []
     for side in ("left", "right"):
-        fields = seg.fields(side)
-        points, normals = entry_points(fields, p)
-        directions = direction_grid(fields, p)
-        ei, di = np.nonzero(-(normals @ directions.T) >= np.cos(np.radians(p.max_incidence_deg)))
-        if not len(ei):
+        found = seg.candidates(side)
+        if isinstance(found, str):
             continue
-        found = Evaluation.concatenate(
-            [
-                evaluate(fields, p, points[ei[s : s + 16_384]], directions[di[s : s + 16_384]])
-                for s in range(0, len(ei), 16_384)
-            ]
-        )
         passing = np.nonzero(kept(hard_shortfalls(found, p)).all(axis=1))[0]
         held = np.nonzero(kept(hard_shortfalls(found, p, reserve_mm=reserve)).all(axis=1))[0]
         if not len(passing):
@@ -114,7 +98,7 @@ def measure_case(case: Case, *, voxel_mm: tuple[float, float] | None = None) -> 
                 "seed": case.seed,
                 "preset": case.preset,
                 "position": case.position,
-                "voxel_mm": f"{voxel['pixel_spacing_mm']:g} x {voxel['slice_spacing_mm']:g}",
+                "voxel_mm": voxel,
                 "side": side,
                 "reserve_mm": reserve,
                 "skin_lps_mm": " ".join(f"{v:.2f}" for v in skin),
@@ -183,19 +167,18 @@ def summarize(rows: Sequence[dict[str, Any]]) -> str:
 def kept_with_reserve(row: dict[str, Any]) -> bool:
     """Whether the search, which keeps every hard limit with its reserve, would keep this
     candidate (its values on the segmentation, the reserve of its CT)."""
-    from bmbx_plan.planning.constraints import CONSTRAINTS
-    from bmbx_plan.planning.parameters import RESERVE_SHARES, PlanningParameters
+    from bmbx_plan.planning.constraints import CONSTRAINTS, kept
+    from bmbx_plan.planning.parameters import PlanningParameters
 
     if not _flag(row["passes_on_segmentation"]):
         return False
     p = PlanningParameters()
+    reserve = float(row["reserve_mm"])
     for rule in CONSTRAINTS:
         value = _number(row, f"{rule.name}:segmentation")
         if rule.kind != "hard" or value is None:
             continue
-        extra = RESERVE_SHARES.get(rule.name, 0.0) * float(row["reserve_mm"])
-        limit = rule.limit(p)
-        if (value > limit - extra) if rule.at_most else (value < limit + extra):
+        if not kept(rule.shortfall_of(np.array([value]), p, reserve)).all():
             return False
     return True
 
@@ -233,16 +216,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     voxel_mm = None if args.voxel_mm is None else (args.voxel_mm[0], args.voxel_mm[1])
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=max(args.workers, 1)) as pool:
-        measured = pool.map(partial(_measure_or_skip, voxel_mm=voxel_mm), cases)
-        for n, (case, case_rows) in enumerate(zip(cases, measured, strict=True), start=1):
-            rows.extend(case_rows)
-            print(
-                f"[{n}/{len(cases)} {time.perf_counter() - start:.0f} s] seed {case.seed} "
-                f"{case.preset} {case.position}: {len(case_rows)} candidates",
-                file=sys.stderr,
-                flush=True,
-            )
+    measured = in_parallel(partial(_measure_or_skip, voxel_mm=voxel_mm), cases, args.workers)
+    for n, (case, case_rows) in enumerate(zip(cases, measured, strict=True), start=1):
+        rows.extend(case_rows)
+        print(
+            f"[{n}/{len(cases)} {time.perf_counter() - start:.0f} s] seed {case.seed} "
+            f"{case.preset} {case.position}: {len(case_rows)} candidates",
+            file=sys.stderr,
+            flush=True,
+        )
     if args.out is not None and rows:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         names = list(dict.fromkeys(key for row in rows for key in row))
