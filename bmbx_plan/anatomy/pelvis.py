@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 from skimage.segmentation import watershed
 
-from bmbx_plan.anatomy._grid import ball, bounding_box, components
+from bmbx_plan.anatomy._grid import bounding_box, components
 from bmbx_plan.distance import distance_mm
 from bmbx_plan.volume import Volume
 
@@ -72,8 +72,10 @@ def joint_clefts(bone: Mask, ct: Volume, *, bone_threshold_hu: float) -> Mask:
     cortices (and the outer layer of marrow).
 
     These are the voxels of ``bone`` below the threshold that lie within
-    ``_CLEFT_HALF_WIDTH_MM`` of a voxel that is not (a small erosion: a distance
-    transform of the whole bone box would cost 20 times more).
+    ``_CLEFT_HALF_WIDTH_MM`` of a voxel that is not, and always those next to one: on a
+    grid coarser than the half-width a 2 mm cleft is one voxel between two cortices (a
+    small erosion, see :func:`_cleft_structure`: a distance transform of the whole bone
+    box would cost 20 times more).
 
     Parameters
     ----------
@@ -91,13 +93,28 @@ def joint_clefts(bone: Mask, ct: Volume, *, bone_threshold_hu: float) -> Mask:
     out = np.zeros(bone.shape, bool)
     if not bone.any():
         return out
-    structure = ball(_CLEFT_HALF_WIDTH_MM, ct.spacing_mm)
+    structure = _cleft_structure(ct.spacing_mm)
     # Background beyond the bone's box must be seen: pad by more than the ball's reach.
     box = bounding_box(bone, max(structure.shape) // 2 + 1)
     low = bone[box] & (np.asarray(ct.array)[box] < bone_threshold_hu)
     # border_value=1: like the distance transform, the edge of the scan is no background.
     out[box] = low & ~ndimage.binary_erosion(low, structure=structure, border_value=1)
     return out
+
+
+def _cleft_structure(spacing_mm: NDArray[np.float64]) -> Mask:
+    """The erosion element of :func:`joint_clefts`: the ball of ``_CLEFT_HALF_WIDTH_MM``,
+    stretched to the next voxel along the axes whose spacing exceeds it.
+
+    A voxel next to the cortex is within half its size of it; the plain ball would hold
+    only its centre on a 2 mm grid, and no cleft would ever be found there.
+    """
+    spacing = np.asarray(spacing_mm, np.float64)
+    radius = np.maximum(_CLEFT_HALF_WIDTH_MM, spacing)
+    reach = np.floor(radius / spacing + 1e-9).astype(int)
+    grid = np.ogrid[tuple(slice(-n, n + 1) for n in reach)]
+    scaled = sum((g * s / r) ** 2 for g, s, r in zip(grid, spacing, radius, strict=True))
+    return np.asarray(scaled <= 1.0 + 1e-9)
 
 
 def split_pelvis(
