@@ -67,6 +67,11 @@ def label_mask(labels: NDArray[np.integer], name: str) -> Mask:
 _MAX_FIT_RMS_MM = 5.0
 # Bone of a side farther than this outside the fitted hip bone seeds the femur.
 _FEMUR_MARGIN_MM = 6.0
+# Bone over the sacrum farther than this outside the fitted pelvis is a vertebra (the fit
+# is a few mm off at worst; a vertebra lies 1-2 cm from the nearest pelvic bone) ...
+_SPINE_MARGIN_MM = 10.0
+# ... when there is at least this much of it (less is a spur or the fit's error).
+_MIN_VERTEBRA_SEED_ML = 2.0
 # Voxels this deep inside a fitted bone take its label as a watershed seed; counted in
 # voxels of the grid the pass runs on (the ~1.5 mm working grid for the second passes,
 # the CT grid for the sacrum completion).
@@ -248,6 +253,11 @@ def _reconcile_with_fit(split: PelvisBones, fitted: Sequence[Mask], grid: Volume
     surface; the voxels where they disagree (e.g. sacral marrow that flooded into a hip
     bone through a fatty, partly fused SI joint) go to the bone they connect to through
     the thickest bone.
+
+    Bone over the sacrum farther than :data:`_SPINE_MARGIN_MM` outside every fitted bone
+    is a vertebra the first pass joined to the pelvis (an L5 transverse process touching
+    the ala or the wing, as with a transitional vertebra or a tilted pelvis): it seeds
+    the lumbar spine, so no vertebra ends up in the ilium the planner plans in.
     """
     names = ("ilium_left", "ilium_right", "sacrum")
     region = split.ilium_left | split.ilium_right | split.sacrum
@@ -264,14 +274,36 @@ def _reconcile_with_fit(split: PelvisBones, fitted: Sequence[Mask], grid: Volume
         markers[(deep | agree) & (markers == 0)] = value
     if any(not (markers == v).any() for v in (1, 2, 3)):
         return split
+    pelvis = fitted[0][box] | fitted[1][box] | fitted[2][box]
+    vertebra = sub & _over_sacrum(fitted[2], grid, box) & (markers == 0)
+    vertebra &= distance_mm(~pelvis, grid.spacing_mm) > _SPINE_MARGIN_MM
+    if vertebra.sum() * grid.voxel_volume_mm3 >= _MIN_VERTEBRA_SEED_ML * 1000.0:
+        markers[vertebra] = len(names) + 1
     depth = distance_mm(sub, grid.spacing_mm)
     regions = watershed(-depth, markers, mask=sub)
     masks = []
-    for value in range(1, len(names) + 1):
+    for value in range(1, len(names) + 2):
         mask = np.zeros(grid.shape, bool)
         mask[box] = regions == value
         masks.append(mask)
-    return replace(split, ilium_left=masks[0], ilium_right=masks[1], sacrum=masks[2])
+    return replace(
+        split,
+        ilium_left=masks[0],
+        ilium_right=masks[1],
+        sacrum=masks[2],
+        lumbar_spine=split.lumbar_spine | masks[3],
+    )
+
+
+def _over_sacrum(sacrum: Mask, grid: Volume, box: tuple[slice, ...]) -> Mask:
+    """Voxels of ``box`` between the left and right ends of ``sacrum`` and above its
+    lowest voxel (the column a lumbar vertebra stands in)."""
+    points = grid.index_to_lps(np.argwhere(sacrum))
+    if not len(points):
+        return np.zeros(tuple(s.stop - s.start for s in box), bool)
+    x, z = grid.lps_coordinate(0, box), grid.lps_coordinate(2, box)
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    return np.asarray((x > lo[0]) & (x < hi[0]) & (z > lo[2]))
 
 
 def _complete_sacrum(split: PelvisBones, fitted: Mask, ct: Volume) -> PelvisBones:
