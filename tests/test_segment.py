@@ -111,8 +111,10 @@ def test_a_vertebra_touching_the_wing_is_no_hip_bone() -> None:
     labels = ph.labels.array
     vertebra = labels == TRUTH_LABELS["lumbar_spine"]
     hip = anatomy.ilium("right")
-    # The cut runs through the transverse process: its tip may stay with the wing.
-    assert np.count_nonzero(hip & vertebra) < 0.05 * np.count_nonzero(vertebra)
+    # The process touches the wing without a cleft: cut at its narrowest neck alone, its
+    # tip (176 voxels, up to 7 mm outside the fitted hip bone) stayed with the wing and
+    # moved the inner table, and a plan judged 2.6 mm clear of it was 1.3 mm clear.
+    assert np.count_nonzero(hip & vertebra) < 0.01 * np.count_nonzero(vertebra)
     assert np.count_nonzero(anatomy.mask("lumbar_spine") & vertebra) > 0.8 * vertebra.sum()
     assert _dice(hip, np.isin(labels, ilium_labels("right"))) >= 0.95
 
