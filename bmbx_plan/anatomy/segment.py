@@ -70,8 +70,10 @@ _FEMUR_MARGIN_MM = 6.0
 # Bone over the sacrum farther than this outside the fitted pelvis is a vertebra (the fit
 # is a few mm off at worst; a vertebra lies 1-2 cm from the nearest pelvic bone) ...
 _SPINE_MARGIN_MM = 10.0
-# ... when there is at least this much of it (less is a spur or the fit's error).
+# ... when there is at least this much of it (less is a spur or the fit's error) ...
 _MIN_VERTEBRA_SEED_ML = 2.0
+# ... and it lies no lower than this under the top of the fitted sacrum.
+_VERTEBRA_BELOW_TOP_MM = 10.0
 # The fitted pelvis is this close to the bone surface (rms 1-2 mm on the cohort).
 _FIT_ERROR_MM = 2.0
 # Voxels this deep inside a fitted bone take its label as a watershed seed; counted in
@@ -307,14 +309,16 @@ def _reconcile_with_fit(split: PelvisBones, fitted: Sequence[Mask], grid: Volume
 
 
 def _over_sacrum(sacrum: Mask, grid: Volume, box: tuple[slice, ...]) -> Mask:
-    """Voxels of ``box`` between the left and right ends of ``sacrum`` and above its
-    lowest voxel (the column a lumbar vertebra stands in)."""
+    """Voxels of ``box`` between the left and right ends of ``sacrum`` and no lower than
+    :data:`_VERTEBRA_BELOW_TOP_MM` under its top (the column L5 stands in: its body sits
+    on S1, its transverse processes beside the alae; lower down, bone outside a poorly
+    fitted sacrum is still sacrum)."""
     points = grid.index_to_lps(np.argwhere(sacrum))
     if not len(points):
         return np.zeros(tuple(s.stop - s.start for s in box), bool)
     x, z = grid.lps_coordinate(0, box), grid.lps_coordinate(2, box)
     lo, hi = points.min(axis=0), points.max(axis=0)
-    return np.asarray((x > lo[0]) & (x < hi[0]) & (z > lo[2]))
+    return np.asarray((x > lo[0]) & (x < hi[0]) & (z > hi[2] - _VERTEBRA_BELOW_TOP_MM))
 
 
 def _complete_sacrum(split: PelvisBones, fitted: Mask, ct: Volume) -> PelvisBones:
