@@ -123,16 +123,19 @@ def closing(mask: Mask, structure: Mask) -> Mask:
     )
 
 
-def ball(radius_mm: float, spacing_mm: NDArray[np.float64]) -> Mask:
+def ball(radius_mm: float | NDArray[np.float64], spacing_mm: NDArray[np.float64]) -> Mask:
     """Offsets within ``radius_mm`` of the centre voxel, as a structuring element.
 
     Eroding a mask by it keeps the voxels farther than ``radius_mm`` from the background
-    (a thresholded distance transform), at a fraction of the cost for small radii.
+    (a thresholded distance transform), at a fraction of the cost for small radii. A
+    radius per array axis gives the ellipsoid with those semi-axes.
     """
-    reach = np.floor(radius_mm / np.asarray(spacing_mm) + 1e-9).astype(int)
+    spacing = np.asarray(spacing_mm, np.float64)
+    radius = np.broadcast_to(np.asarray(radius_mm, np.float64), spacing.shape)
+    reach = np.floor(radius / spacing + 1e-9).astype(int)
     grid = np.ogrid[tuple(slice(-n, n + 1) for n in reach)]
-    dist2 = sum((g * s) ** 2 for g, s in zip(grid, spacing_mm, strict=True))
-    return np.asarray(dist2 <= radius_mm**2 * (1.0 + 1e-9))
+    scaled = sum((g * s / r) ** 2 for g, s, r in zip(grid, spacing, radius, strict=True))
+    return np.asarray(scaled <= 1.0 + 1e-9)
 
 
 def holes_per_slice(mask: Mask, axis: int, *, max_pixels: float | None = None) -> Mask:

@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 from skimage.segmentation import watershed
 
-from bmbx_plan.anatomy._grid import bounding_box, components
+from bmbx_plan.anatomy._grid import ball, bounding_box, components
 from bmbx_plan.distance import distance_mm
 from bmbx_plan.volume import Volume
 
@@ -109,12 +109,7 @@ def _cleft_structure(spacing_mm: NDArray[np.float64]) -> Mask:
     A voxel next to the cortex is within half its size of it; the plain ball would hold
     only its centre on a 2 mm grid, and no cleft would ever be found there.
     """
-    spacing = np.asarray(spacing_mm, np.float64)
-    radius = np.maximum(_CLEFT_HALF_WIDTH_MM, spacing)
-    reach = np.floor(radius / spacing + 1e-9).astype(int)
-    grid = np.ogrid[tuple(slice(-n, n + 1) for n in reach)]
-    scaled = sum((g * s / r) ** 2 for g, s, r in zip(grid, spacing, radius, strict=True))
-    return np.asarray(scaled <= 1.0 + 1e-9)
+    return ball(np.maximum(_CLEFT_HALF_WIDTH_MM, spacing_mm), spacing_mm)
 
 
 def split_pelvis(

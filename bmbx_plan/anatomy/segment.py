@@ -282,12 +282,12 @@ def _reconcile_with_fit(split: PelvisBones, fitted: Sequence[Mask], grid: Volume
     outside = distance_mm(~pelvis, grid.spacing_mm)
     vertebra = sub & _over_sacrum(fitted[2], grid, box) & (markers == 0)
     vertebra &= outside > _SPINE_MARGIN_MM
-    if vertebra.sum() * grid.voxel_volume_mm3 < _MIN_VERTEBRA_SEED_ML * 1000.0:
-        vertebra[...] = False
-    markers[vertebra] = len(names) + 1
+    seeded = vertebra.sum() * grid.voxel_volume_mm3 >= _MIN_VERTEBRA_SEED_ML * 1000.0
+    if seeded:
+        markers[vertebra] = len(names) + 1
     depth = distance_mm(sub, grid.spacing_mm)
     regions = watershed(-depth, markers, mask=sub)
-    if vertebra.any():
+    if seeded:
         # Where the vertebra touches a bone without a cleft the watershed cuts at the
         # narrowest neck and leaves the tip of the process on the pelvis; the vertebra
         # is all the bone outside the fitted pelvis (beyond the fit's error) it reaches.
