@@ -12,8 +12,10 @@ Run::
 
     python -m bmbx_phantoms.reserve [--cases N] [--step S] [--workers W]
                                     [--voxel-mm PIXEL SLICE] [--out FILE.csv]
+    python -m bmbx_phantoms.reserve --summarize FILE.csv
 
-and read the table on stdout.
+and read the table on stdout (the second form re-reads a stored study, e.g. to try
+other shares of the reserve without measuring again).
 """
 
 from __future__ import annotations
@@ -118,9 +120,11 @@ def measure_case(case: Case, *, voxel_mm: tuple[float, float] | None = None) -> 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> str:
     """Per hard constraint: how far the segmentation moved it, how many candidates that
-    pass on the segmentation fail it on the truth, and how many of those the search's
+    pass on the segmentation fail it on the truth, how many of those the search's
     reserve lets through (a candidate is kept when it passes every hard constraint on the
-    segmentation by its reserve; the reserve of each CT, see :func:`kept_with_reserve`)."""
+    segmentation by its reserve; the reserve of each CT, see :func:`kept_with_reserve`),
+    and the smallest share of the reserve for this constraint, the others as they are,
+    with which the search keeps no candidate that fails on the truth."""
     from bmbx_plan.planning.constraints import CONSTRAINTS
     from bmbx_plan.planning.parameters import RESERVE_SHARES
 
@@ -128,7 +132,13 @@ def summarize(rows: Sequence[dict[str, Any]]) -> str:
         return "no candidates were drawn"
     reserves = sorted({float(r["reserve_mm"]) for r in rows})
     voxels = ", ".join(sorted({str(r["voxel_mm"]) for r in rows}))
-    kept = [kept_with_reserve(r) for r in rows]
+    by_rule = _kept_by_rule(rows)
+    kept = np.logical_and.reduce(list(by_rule.values()))
+    passing = np.array([_flag(r["passes_on_segmentation"]) for r in rows])
+    hard = [rule for rule in CONSTRAINTS if rule.kind == "hard"]
+    fails = passing & np.logical_or.reduce(
+        [[not _flag(r.get(f"{rule.name}:truth_passes", True)) for r in rows] for rule in hard]
+    )
     lines = [
         f"CT voxels {voxels} mm; the planner's reserve "
         + ", ".join(f"{v:.2f}" for v in reserves)
@@ -136,17 +146,14 @@ def summarize(rows: Sequence[dict[str, Any]]) -> str:
         "",
         f"phantoms: {len({r['seed'] for r in rows})}, sides: "
         f"{len({(r['seed'], r['side']) for r in rows})}, candidates drawn: {len(rows)}, "
-        f"passing every hard constraint on the segmentation: "
-        f"{sum(_flag(r['passes_on_segmentation']) for r in rows)}, "
-        f"of those with the reserve: {sum(kept)}",
+        f"passing every hard constraint on the segmentation: {int(passing.sum())}, "
+        f"of those with the reserve: {int(kept.sum())}",
         "",
         "| constraint | unit | reserve share | moved by (99.9 %) | moved by (max) | "
-        "fail on the truth | of those, kept with the reserve |",
-        "|---|---|---|---|---|---|---|",
+        "fail on the truth | of those, kept with the reserve | smallest safe share |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for rule in CONSTRAINTS:
-        if rule.kind != "hard":
-            continue
+    for rule in hard:
         moved, failures, through = [], 0, 0
         for r, keep in zip(rows, kept, strict=True):
             seg, tru = _number(r, f"{rule.name}:segmentation"), _number(r, f"{rule.name}:truth")
@@ -155,32 +162,61 @@ def summarize(rows: Sequence[dict[str, Any]]) -> str:
             moved.append(tru - seg if rule.at_most else seg - tru)
             if _flag(r["passes_on_segmentation"]) and not _flag(r[f"{rule.name}:truth_passes"]):
                 failures += 1
-                through += keep
+                through += bool(keep)
         spread = np.array(moved) if moved else np.zeros(1)
+        others = np.logical_and.reduce(
+            [k for name, k in by_rule.items() if name != rule.name] or [passing]
+        )
+        safe = next(
+            (
+                f"{share:g}"
+                for share in _SHARE_STEPS
+                if not (others & _kept_by_rule(rows, rule.name, share)[rule.name] & fails).any()
+            ),
+            f"> {_SHARE_STEPS[-1]:g}",
+        )
         lines.append(
             f"| {rule.name} | {rule.unit} | {RESERVE_SHARES.get(rule.name, 0.0):g} | "
-            f"{np.quantile(spread, 0.999):.2f} | {spread.max():.2f} | {failures} | {through} |"
+            f"{np.quantile(spread, 0.999):.2f} | {spread.max():.2f} | {failures} | {through} "
+            f"| {safe} |"
         )
     return "\n".join(lines)
+
+
+#: The shares of the reserve tried for the smallest safe share of each constraint.
+_SHARE_STEPS = tuple(np.arange(0.0, 4.01, 0.25).tolist())
 
 
 def kept_with_reserve(row: dict[str, Any]) -> bool:
     """Whether the search, which keeps every hard limit with its reserve, would keep this
     candidate (its values on the segmentation, the reserve of its CT)."""
+    return bool(np.logical_and.reduce(list(_kept_by_rule([row]).values()))[0])
+
+
+def _kept_by_rule(
+    rows: Sequence[dict[str, Any]], name: str | None = None, share: float | None = None
+) -> dict[str, np.ndarray]:
+    """Per hard constraint, which candidates keep it on the segmentation by the reserve
+    of their CT (one that was not measured counts as kept), and pass on the segmentation;
+    the constraint ``name`` with ``share`` of the reserve instead of its own."""
     from bmbx_plan.planning.constraints import CONSTRAINTS, kept
     from bmbx_plan.planning.parameters import PlanningParameters
 
-    if not _flag(row["passes_on_segmentation"]):
-        return False
     p = PlanningParameters()
-    reserve = float(row["reserve_mm"])
+    passing = np.array([_flag(r["passes_on_segmentation"]) for r in rows])
+    reserve = np.array([float(r["reserve_mm"]) for r in rows])
+    out = {}
     for rule in CONSTRAINTS:
-        value = _number(row, f"{rule.name}:segmentation")
-        if rule.kind != "hard" or value is None:
+        if rule.kind != "hard" or (name is not None and rule.name != name):
             continue
-        if not kept(rule.shortfall_of(np.array([value]), p, reserve)).all():
-            return False
-    return True
+        value = np.array([_number(r, f"{rule.name}:segmentation") for r in rows], float)
+        keep = passing.copy()
+        for each in np.unique(reserve):
+            at = (reserve == each) & ~np.isnan(value)
+            given = share if rule.name == name else None
+            keep[at] &= kept(rule.shortfall_of(value[at], p, float(each), share=given))
+        out[rule.name] = keep
+    return out
 
 
 def _number(row: dict[str, Any], key: str) -> float | None:
@@ -211,7 +247,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--voxel-mm", type=float, nargs=2, metavar=("PIXEL", "SLICE"))
     parser.add_argument("--out", type=Path, help="CSV file with one row per candidate")
+    parser.add_argument(
+        "--summarize",
+        type=Path,
+        metavar="CSV",
+        help="print the table of a stored study (its --out file) with today's shares",
+    )
     args = parser.parse_args(argv)
+    if args.summarize is not None:
+        with args.summarize.open(newline="") as handle:
+            print(summarize(list(csv.DictReader(handle))))
+        return 0
     cases = cohort_cases(args.cases, first_seed=args.first_seed)[:: args.step]
     voxel_mm = None if args.voxel_mm is None else (args.voxel_mm[0], args.voxel_mm[1])
     rows: list[dict[str, Any]] = []
