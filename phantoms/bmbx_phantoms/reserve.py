@@ -137,7 +137,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> str:
     passing = np.array([_flag(r["passes_on_segmentation"]) for r in rows])
     hard = [rule for rule in CONSTRAINTS if rule.kind == "hard"]
     fails = passing & np.logical_or.reduce(
-        [[not _flag(r.get(f"{rule.name}:truth_passes", True)) for r in rows] for rule in hard]
+        [[_fails_on_truth(r, rule.name) for r in rows] for rule in hard]
     )
     lines = [
         f"CT voxels {voxels} mm; the planner's reserve "
@@ -160,7 +160,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> str:
             if seg is None or tru is None:
                 continue
             moved.append(tru - seg if rule.at_most else seg - tru)
-            if _flag(r["passes_on_segmentation"]) and not _flag(r[f"{rule.name}:truth_passes"]):
+            if _flag(r["passes_on_segmentation"]) and _fails_on_truth(r, rule.name):
                 failures += 1
                 through += bool(keep)
         spread = np.array(moved) if moved else np.zeros(1)
@@ -217,6 +217,12 @@ def _kept_by_rule(
             keep[at] &= kept(rule.shortfall_of(value[at], p, float(each), share=given))
         out[rule.name] = keep
     return out
+
+
+def _fails_on_truth(row: dict[str, Any], name: str) -> bool:
+    """Whether the truth judged the constraint ``name`` and rejected the candidate."""
+    judged = row.get(f"{name}:truth_passes")
+    return judged not in (None, "") and not _flag(judged)
 
 
 def _number(row: dict[str, Any], key: str) -> float | None:
