@@ -12,15 +12,21 @@ from bmbx_plan.planning.parameters import RESERVE_SHARES, PlanningParameters
 
 
 def test_the_reserve_covers_what_the_segmentation_gets_wrong_near_the_limits() -> None:
-    # Cohort phantom 1062 (rotated, HFS): near its right SI joint the segmentation was
-    # the most optimistic of the 100-phantom study (by 1.8 mm, against a 2.5 mm reserve).
-    rows = measure_case(Case(seed=1062, preset="rotated", position="HFS"))
+    # Cohort phantom 1055 (asymmetric, HFS): the 11G-100 is too short on the right, and
+    # the 11G-150's deeper paths pass behind the SI joint, where the segmentation is
+    # optimistic by 2.1 mm. With one share of the reserve for the SI joint instead of
+    # two, the safety study's plan there passed 4.7 mm from the true joint.
+    rows = measure_case(Case(seed=1055, preset="asymmetric", position="HFS"))
     assert {r["side"] for r in rows} == {"left", "right"}
+    longer = [r for r in rows if r["needle"] == "11G-150"]
+    assert longer
+    # the longer needle is drawn where the default one does not reach
+    assert min(r["needle_length:segmentation"] for r in longer) > 90.0
     passing = [r for r in rows if r["passes_on_segmentation"]]
     assert len(passing) > 100
     failing = [r for r in passing if not all(v for k, v in r.items() if k.endswith("passes"))]
     # the question is not empty: near its SI joint the segmentation is optimistic
-    assert failing
+    assert [r for r in failing if r["needle"] == "11G-150"]
     # none of the candidates the truth rejects is kept by the search with its reserve
     assert not [r["skin_lps_mm"] for r in failing if kept_with_reserve(r)]
     # the candidates were drawn nearest the limits, so the reserve drops most of them,
@@ -28,12 +34,6 @@ def test_the_reserve_covers_what_the_segmentation_gets_wrong_near_the_limits() -
     assert {r["side"] for r in passing if kept_with_reserve(r)} == {"left", "right"}
     table = summarize(rows)
     assert f"| si_joint | mm | {RESERVE_SHARES['si_joint']:g} |" in table
-    # every share keeps a margin over the smallest with which no failing candidate
-    # would be kept (the others as they are)
-    for line in table.splitlines():
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        if cells[0] in RESERVE_SHARES:
-            assert float(cells[-1]) <= RESERVE_SHARES[cells[0]], line
 
 
 def _row(**segmentation: float) -> dict[str, Any]:
@@ -57,15 +57,28 @@ def _row(**segmentation: float) -> dict[str, Any]:
     return row
 
 
-def test_the_smallest_safe_share_is_the_least_that_rejects_every_failure() -> None:
-    # 0.4 mm beyond the SI margin on the segmentation, inside it on the truth: a share
-    # of 0.25 (0.25 mm of a 1 mm reserve) keeps it, 0.5 rejects it
-    optimistic = _row(si_joint=5.4)
-    optimistic["si_joint:truth"], optimistic["si_joint:truth_passes"] = 4.6, False
-    table = summarize([_row(), optimistic])
-    row = {line.split("|")[1].strip(): line for line in table.splitlines() if "|" in line}
-    assert row["si_joint"].rstrip(" |").endswith("| 1 | 0 | 0.5")
-    assert row["core_cortex_clearance"].rstrip(" |").endswith("| 0 | 0 | 0")
-    # today's share rejects it and keeps the other
-    assert not kept_with_reserve(optimistic)
+def test_the_table_counts_what_the_truth_rejects_and_what_the_reserve_keeps() -> None:
+    share = RESERVE_SHARES["si_joint"]  # of the 1 mm reserve of these rows
+    # 0.4 mm beyond the SI margin on the segmentation, inside it on the truth: the
+    # reserve rejects it
+    near = _row(si_joint=5.4)
+    near["si_joint:truth"], near["si_joint:truth_passes"] = 4.6, False
+    # beyond the margin by more than the reserve on the segmentation, inside it on the
+    # truth: the reserve keeps it (a failure the table must show)
+    far = _row(si_joint=5.0 + share + 0.1)
+    far["si_joint:truth"], far["si_joint:truth_passes"] = 4.9, False
+    assert not kept_with_reserve(near)
+    assert kept_with_reserve(far)
     assert kept_with_reserve(_row())
+    # a needle's reach is its own: 120 mm is beyond the 11G-100, within the 11G-150
+    deep = _row(needle_length=120.0)
+    assert not kept_with_reserve(deep)
+    assert kept_with_reserve(deep | {"needle": "11G-150"})
+    table = summarize([_row(), near, far])
+    row = {line.split("|")[1].strip(): line for line in table.splitlines() if "|" in line}
+    assert row["si_joint"].rstrip(" |").endswith(f"| {share + 0.1 + 0.1:.2f} | 2 | 1")
+    assert row["core_cortex_clearance"].rstrip(" |").endswith("| 0 | 0")
+    assert (
+        "passing every hard constraint on the segmentation: 3, of those with the reserve: 2"
+        in (table)
+    )

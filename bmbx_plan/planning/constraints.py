@@ -95,18 +95,12 @@ class _Rule:
         return self.shortfall_of(self.value(evaluation, parameters), parameters, reserve_mm)
 
     def shortfall_of(
-        self,
-        value: FloatArray,
-        parameters: PlanningParameters,
-        reserve_mm: float = 0.0,
-        *,
-        share: float | None = None,
+        self, value: FloatArray, parameters: PlanningParameters, reserve_mm: float = 0.0
     ) -> FloatArray:
-        """:meth:`shortfall` of measured values of this rule; ``share`` replaces its
-        share of the reserve (see :data:`RESERVE_SHARES`)."""
+        """:meth:`shortfall` of measured values of this rule."""
         value = np.asarray(value, np.float64)
         limit = self.limit(parameters)
-        extra = (self.reserve if share is None else share) * reserve_mm
+        extra = self.reserve * reserve_mm
         beyond = value - (limit - extra) if self.at_most else (limit + extra) - value
         if self.unit == "fraction":
             beyond = beyond * parameters.core_length_mm

@@ -90,20 +90,18 @@ NEEDLES: dict[str, Needle] = {
 #: The search's reserve beyond each hard limit, in units of the reserve (mm; degrees for
 #: the incidence), measured by ``python -m bmbx_phantoms.reserve``: candidates near their
 #: limits, drawn as a user would draw them and checked on the segmentation and on the
-#: phantom's truth (25 phantoms, 2 x 2.5 mm voxels, a reserve of 1.25 mm). Each share is
-#: at least twice the smallest with which the search keeps no candidate the truth
-#: rejects (the others as they are): the SI joint's 0.5, the cortical tables' 0.25. The
-#: needle's reach is fixed by the drawn line and the skin, air against tissue: the
-#: segmentation moved it by nothing. The core length moves with the cortex entry (by up
-#: to 1.5 mm), the cortical tables by up to 2 mm and the SI joint, often narrow or partly
-#: fused, by up to 1.9 mm, mostly where other limits reject the candidate anyway.
+#: phantom's truth (150 sides, 2 x 2.5 mm voxels, a reserve of 1.25 mm). The needle's
+#: reach is fixed by the drawn line and the skin, air against tissue: the segmentation
+#: moved it by nothing. The core length moves with the cortex entry (by up to 1.3 mm
+#: where the truth failed), the cortical tables by up to 0.7 mm and the SI joint, often
+#: narrow or partly fused, by up to 1.8 mm where nothing else rejected the candidate.
 RESERVE_SHARES: dict[str, float] = {
     "needle_length": 0.5,
     "cortex_incidence": 1.0,
     "core_length": 1.0,
     "core_cortex_clearance": 0.5,
     "sciatic_notch": 1.0,
-    "si_joint": 1.0,
+    "si_joint": 2.0,
 }
 
 #: Clearance (mm) between the needle surface and each structure, by name.
@@ -160,8 +158,8 @@ class PlanningParameters:
         Voxel size of the isotropic planning grid.
     reserve_mm : float or None
         The search keeps the hard limits with this reserve, in the shares of
-        :data:`RESERVE_SHARES` (the cortical tables and the needle's reach half of it;
-        the incidence 1 deg per mm), so that a proposed plan
+        :data:`RESERVE_SHARES` (the SI joint twice it; the cortical tables and the
+        needle's reach half of it; the incidence 1 deg per mm), so that a proposed plan
         still passes when the true anatomy differs from the segmentation by about a
         voxel. Checks judge at the limits themselves. None: half the CT's largest voxel
         dimension, between 0.5 and 2 mm.

@@ -24,7 +24,7 @@ from bmbx_plan.planning.constraints import (
 from bmbx_plan.planning.describe import describe, trajectory_of
 from bmbx_plan.planning.evaluate import CORE_STEP_MM, Evaluation, evaluate
 from bmbx_plan.planning.fields import SideFields, side_fields
-from bmbx_plan.planning.parameters import NEEDLES, PlanningParameters, Side
+from bmbx_plan.planning.parameters import NEEDLES, Needle, PlanningParameters, Side
 from bmbx_plan.planning.ranking import distinct, pareto_front, score
 from bmbx_plan.planning.results import Alternative, Plan, PlanSet
 from bmbx_plan.volume import Volume
@@ -85,6 +85,31 @@ class Planner:
         #: The search's reserve beyond each limit (mm), see PlanningParameters.reserve_mm.
         self.reserve_mm = self.parameters.reserve_for(float(anatomy.labels.spacing_mm.max()))
 
+    def longer_needles(self) -> list[Needle]:
+        """The catalogue's needles of this needle's diameter that reach further, shortest
+        first: the ones :meth:`plan` tries when this one is too short."""
+        current = self.parameters.needle
+        return sorted(
+            (
+                n
+                for n in NEEDLES.values()
+                if n.outer_diameter_mm == current.outer_diameter_mm
+                and n.usable_length_mm > current.usable_length_mm
+            ),
+            key=lambda n: n.usable_length_mm,
+        )
+
+    def with_needle(self, needle: Needle | str) -> Planner:
+        """This planner with another needle; the maps are shared when the diameter is
+        the same (they depend on it, not on the length)."""
+        other = Planner(
+            self.anatomy, self.parameters.with_overrides(needle=needle), progress=self._say
+        )
+        other.reserve_mm = self.reserve_mm
+        if other.parameters.needle.outer_diameter_mm == self.parameters.needle.outer_diameter_mm:
+            other._fields = self._fields
+        return other
+
     def fields(self, side: Side | str) -> SideFields:
         """The planning maps of ``side`` (computed once)."""
         side = Side.parse(side)
@@ -109,19 +134,8 @@ class Planner:
         if plan.feasible or not longer_needle or not plan.failing_shares.get("needle_length"):
             return plan
         current = self.parameters.needle
-        for needle in sorted(NEEDLES.values(), key=lambda n: n.usable_length_mm):
-            if (
-                needle.outer_diameter_mm != current.outer_diameter_mm
-                or needle.usable_length_mm <= current.usable_length_mm
-            ):
-                continue
-            longer = Planner(self.anatomy, self.parameters.with_overrides(needle=needle))
-            longer._fields, longer._say, longer.reserve_mm = (
-                self._fields,
-                self._say,
-                self.reserve_mm,
-            )
-            alternative = longer._plan_once(side, cross_check=cross_check)
+        for needle in self.longer_needles():
+            alternative = self.with_needle(needle)._plan_once(side, cross_check=cross_check)
             if alternative.feasible:
                 note = (
                     f"No trajectory passes with the {current.name} needle "

@@ -115,7 +115,7 @@ def run_case(
         if plan.trajectory is not None and plan.metrics is not None:
             judge = exact
             if plan.needle and plan.needle != exact.parameters.needle.name:
-                judge = Planner(truth, exact.parameters.with_overrides(needle=plan.needle))
+                judge = exact.with_needle(plan.needle)
             judged = judge.check(
                 side, plan.trajectory.skin_entry_lps_mm, plan.trajectory.core_end_lps_mm
             )

@@ -14,8 +14,8 @@ Run::
                                     [--voxel-mm PIXEL SLICE] [--out FILE.csv]
     python -m bmbx_phantoms.reserve --summarize FILE.csv
 
-and read the table on stdout (the second form re-reads a stored study, e.g. to try
-other shares of the reserve without measuring again).
+and read the table on stdout (the second form prints a stored study's table again, with
+the reserve shares of the code at hand).
 """
 
 from __future__ import annotations
@@ -27,12 +27,16 @@ import time
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from bmbx_phantoms.cohort import Case, cohort_cases, in_parallel, phantom_of, voxel_text_of
 from bmbx_phantoms.truth import truth_anatomy
+
+if TYPE_CHECKING:
+    from bmbx_plan.planning import Planner
 
 __all__ = ["kept_with_reserve", "measure_case", "summarize"]
 
@@ -52,79 +56,105 @@ _PROBED = (
 
 
 def measure_case(case: Case, *, voxel_mm: tuple[float, float] | None = None) -> list[dict]:
-    """One row per drawn candidate: its line and, per hard constraint, the value on the
-    segmentation and on the truth and whether each passes (no reserve)."""
+    """One row per drawn candidate: its needle, its line and, per hard constraint, the
+    value on the segmentation and on the truth and whether each passes (no reserve).
+
+    Candidates are drawn for the default needle and, among the trajectories it does not
+    reach, for each longer needle the planner falls back to (deeper paths, which pass
+    other structures)."""
     from bmbx_plan import segment_pelvis
     from bmbx_plan.planning import Planner, PlanningParameters
-    from bmbx_plan.planning.constraints import CONSTRAINTS, HARD_NAMES, hard_shortfalls, kept
 
     phantom = phantom_of(case, voxel_mm)
     anatomy = segment_pelvis(phantom.ct)
     seg = Planner(anatomy, PlanningParameters(reserve_mm=0.0))
     truth = Planner(truth_anatomy(phantom), PlanningParameters(reserve_mm=0.0))
-    p = seg.parameters
     # the reserve the planner keeps on this CT (the shares are applied in the table)
     reserve = PlanningParameters().reserve_for(float(anatomy.labels.spacing_mm.max()))
-    rules = {rule.name: rule for rule in CONSTRAINTS if rule.kind == "hard"}
     rng = np.random.default_rng(case.seed)
-    voxel = voxel_text_of(phantom)
+    about = {
+        "seed": case.seed,
+        "preset": case.preset,
+        "position": case.position,
+        "voxel_mm": voxel_text_of(phantom),
+        "reserve_mm": reserve,
+    }
     rows = []
-    for side in ("left", "right"):
-        found = seg.candidates(side)
-        if isinstance(found, str):
-            continue
-        passing = np.nonzero(kept(hard_shortfalls(found, p)).all(axis=1))[0]
-        held = np.nonzero(kept(hard_shortfalls(found, p, reserve_mm=reserve)).all(axis=1))[0]
-        if not len(passing):
-            continue
-        # nearest each limit among those passing, and among those the search keeps
-        # with its reserve (the plans it may propose), plus a random sample of the latter
-        pool = held if len(held) else passing
-        picked = set(rng.choice(pool, min(RANDOM, len(pool)), replace=False).tolist())
-        for among in (passing, held):
-            rows_of = found.take(among)
-            for name in _PROBED:
-                rule = rules[name]
-                value, limit = rule.value(rows_of, p), rule.limit(p)
-                slack = limit - value if rule.at_most else value - limit
-                picked.update(among[np.argsort(slack)[:NEAREST]].tolist())
-        chosen = found.take(np.array(sorted(picked)))
-        skins = chosen.skin_entry()
-        ends = chosen.cortex_entry + (p.seat_depth_mm + chosen.core_length_mm)[:, None] * (
-            chosen.direction
-        )
-        for skin, end in zip(skins, ends, strict=True):
-            on_seg = seg.check(side, skin, end)
-            on_truth = {c.name: c for c in truth.check(side, skin, end).constraints}
-            row: dict[str, Any] = {
-                "seed": case.seed,
-                "preset": case.preset,
-                "position": case.position,
-                "voxel_mm": voxel,
-                "side": side,
-                "reserve_mm": reserve,
-                "skin_lps_mm": " ".join(f"{v:.2f}" for v in skin),
-                "end_lps_mm": " ".join(f"{v:.2f}" for v in end),
-                "passes_on_segmentation": on_seg.feasible,
-            }
-            for result in on_seg.constraints:
-                if result.name not in HARD_NAMES:
-                    continue
-                judged = on_truth.get(result.name)
-                row[f"{result.name}:segmentation"] = result.value
-                row[f"{result.name}:truth"] = None if judged is None else judged.value
-                row[f"{result.name}:truth_passes"] = judged is not None and judged.passed
-            rows.append(row)
+    reach = 0.0  # what the needles drawn so far reach
+    for needle in [seg.parameters.needle, *seg.longer_needles()]:
+        on_seg, on_truth = seg.with_needle(needle), truth.with_needle(needle)
+        for side in ("left", "right"):
+            for skin, end in _drawn(on_seg, side, reserve, reach, rng):
+                row = {**about, "side": side, "needle": needle.name}
+                rows.append(row | _judged(on_seg, on_truth, side, skin, end))
+        reach = needle.usable_length_mm
     return rows
+
+
+def _drawn(
+    planner: Planner, side: str, reserve: float, beyond_mm: float, rng: np.random.Generator
+) -> list[tuple[NDArray[np.float64], NDArray[np.float64]]]:
+    """Skin entry and core end of the candidates drawn on ``side``: nearest each limit
+    among those passing every hard constraint on the segmentation, and among those the
+    search keeps with its reserve (the plans it may propose), plus a random sample of
+    the latter; only candidates deeper than ``beyond_mm`` (skin to core end)."""
+    from bmbx_plan.planning.constraints import CONSTRAINTS, hard_shortfalls, kept
+
+    found = planner.candidates(side)
+    if isinstance(found, str):
+        return []
+    p = planner.parameters
+    deep = found.total_depth_mm(p) > beyond_mm
+    passing = np.nonzero(kept(hard_shortfalls(found, p)).all(axis=1) & deep)[0]
+    held = np.nonzero(kept(hard_shortfalls(found, p, reserve_mm=reserve)).all(axis=1) & deep)[0]
+    if not len(passing):
+        return []
+    rules = {rule.name: rule for rule in CONSTRAINTS if rule.kind == "hard"}
+    pool = held if len(held) else passing
+    picked = set(rng.choice(pool, min(RANDOM, len(pool)), replace=False).tolist())
+    for among in (passing, held):
+        rows_of = found.take(among)
+        for name in _PROBED:
+            rule = rules[name]
+            value, limit = rule.value(rows_of, p), rule.limit(p)
+            slack = limit - value if rule.at_most else value - limit
+            picked.update(among[np.argsort(slack)[:NEAREST]].tolist())
+    chosen = found.take(np.array(sorted(picked)))
+    ends = chosen.cortex_entry + (p.seat_depth_mm + chosen.core_length_mm)[:, None] * (
+        chosen.direction
+    )
+    return list(zip(chosen.skin_entry(), ends, strict=True))
+
+
+def _judged(
+    seg: Planner, truth: Planner, side: str, skin: NDArray[np.float64], end: NDArray[np.float64]
+) -> dict[str, Any]:
+    """The line checked on the segmentation and on the truth: per hard constraint, the
+    two values and whether the truth passes it."""
+    from bmbx_plan.planning.constraints import HARD_NAMES
+
+    on_seg = seg.check(side, skin, end)
+    on_truth = {c.name: c for c in truth.check(side, skin, end).constraints}
+    row: dict[str, Any] = {
+        "skin_lps_mm": " ".join(f"{v:.2f}" for v in skin),
+        "end_lps_mm": " ".join(f"{v:.2f}" for v in end),
+        "passes_on_segmentation": on_seg.feasible,
+    }
+    for result in on_seg.constraints:
+        if result.name not in HARD_NAMES:
+            continue
+        judged = on_truth.get(result.name)
+        row[f"{result.name}:segmentation"] = result.value
+        row[f"{result.name}:truth"] = None if judged is None else judged.value
+        row[f"{result.name}:truth_passes"] = judged is not None and judged.passed
+    return row
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> str:
     """Per hard constraint: how far the segmentation moved it, how many candidates that
-    pass on the segmentation fail it on the truth, how many of those the search's
+    pass on the segmentation fail it on the truth, and how many of those the search's
     reserve lets through (a candidate is kept when it passes every hard constraint on the
-    segmentation by its reserve; the reserve of each CT, see :func:`kept_with_reserve`),
-    and the smallest share of the reserve for this constraint, the others as they are,
-    with which the search keeps no candidate that fails on the truth."""
+    segmentation by its reserve; the reserve of each CT, see :func:`kept_with_reserve`)."""
     from bmbx_plan.planning.constraints import CONSTRAINTS
     from bmbx_plan.planning.parameters import RESERVE_SHARES
 
@@ -132,13 +162,8 @@ def summarize(rows: Sequence[dict[str, Any]]) -> str:
         return "no candidates were drawn"
     reserves = sorted({float(r["reserve_mm"]) for r in rows})
     voxels = ", ".join(sorted({str(r["voxel_mm"]) for r in rows}))
-    by_rule = _kept_by_rule(rows)
-    kept = np.logical_and.reduce(list(by_rule.values()))
-    passing = np.array([_flag(r["passes_on_segmentation"]) for r in rows])
-    hard = [rule for rule in CONSTRAINTS if rule.kind == "hard"]
-    fails = passing & np.logical_or.reduce(
-        [[_fails_on_truth(r, rule.name) for r in rows] for rule in hard]
-    )
+    kept = _kept(rows)
+    passing = sum(_flag(r["passes_on_segmentation"]) for r in rows)
     lines = [
         f"CT voxels {voxels} mm; the planner's reserve "
         + ", ".join(f"{v:.2f}" for v in reserves)
@@ -146,14 +171,16 @@ def summarize(rows: Sequence[dict[str, Any]]) -> str:
         "",
         f"phantoms: {len({r['seed'] for r in rows})}, sides: "
         f"{len({(r['seed'], r['side']) for r in rows})}, candidates drawn: {len(rows)}, "
-        f"passing every hard constraint on the segmentation: {int(passing.sum())}, "
+        f"passing every hard constraint on the segmentation: {passing}, "
         f"of those with the reserve: {int(kept.sum())}",
         "",
         "| constraint | unit | reserve share | moved by (99.9 %) | moved by (max) | "
-        "fail on the truth | of those, kept with the reserve | smallest safe share |",
-        "|---|---|---|---|---|---|---|---|",
+        "fail on the truth | of those, kept with the reserve |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for rule in hard:
+    for rule in CONSTRAINTS:
+        if rule.kind != "hard":
+            continue
         moved, failures, through = [], 0, 0
         for r, keep in zip(rows, kept, strict=True):
             seg, tru = _number(r, f"{rule.name}:segmentation"), _number(r, f"{rule.name}:truth")
@@ -164,59 +191,38 @@ def summarize(rows: Sequence[dict[str, Any]]) -> str:
                 failures += 1
                 through += bool(keep)
         spread = np.array(moved) if moved else np.zeros(1)
-        others = np.logical_and.reduce(
-            [k for name, k in by_rule.items() if name != rule.name] or [passing]
-        )
-        safe = next(
-            (
-                f"{share:g}"
-                for share in _SHARE_STEPS
-                if not (others & _kept_by_rule(rows, rule.name, share)[rule.name] & fails).any()
-            ),
-            f"> {_SHARE_STEPS[-1]:g}",
-        )
         lines.append(
             f"| {rule.name} | {rule.unit} | {RESERVE_SHARES.get(rule.name, 0.0):g} | "
-            f"{np.quantile(spread, 0.999):.2f} | {spread.max():.2f} | {failures} | {through} "
-            f"| {safe} |"
+            f"{np.quantile(spread, 0.999):.2f} | {spread.max():.2f} | {failures} | {through} |"
         )
     return "\n".join(lines)
-
-
-#: The shares of the reserve tried for the smallest safe share of each constraint.
-_SHARE_STEPS = tuple(np.arange(0.0, 4.01, 0.25).tolist())
 
 
 def kept_with_reserve(row: dict[str, Any]) -> bool:
     """Whether the search, which keeps every hard limit with its reserve, would keep this
     candidate (its values on the segmentation, the reserve of its CT)."""
-    return bool(np.logical_and.reduce(list(_kept_by_rule([row]).values()))[0])
+    return bool(_kept([row])[0])
 
 
-def _kept_by_rule(
-    rows: Sequence[dict[str, Any]], name: str | None = None, share: float | None = None
-) -> dict[str, np.ndarray]:
-    """Per hard constraint, which candidates keep it on the segmentation by the reserve
-    of their CT (one that was not measured counts as kept), and pass on the segmentation;
-    the constraint ``name`` with ``share`` of the reserve instead of its own."""
+def _kept(rows: Sequence[dict[str, Any]]) -> NDArray[np.bool_]:
+    """:func:`kept_with_reserve` of every row (a constraint that was not measured counts
+    as kept)."""
     from bmbx_plan.planning.constraints import CONSTRAINTS, kept
     from bmbx_plan.planning.parameters import PlanningParameters
 
-    p = PlanningParameters()
-    passing = np.array([_flag(r["passes_on_segmentation"]) for r in rows])
+    keep = np.array([_flag(r["passes_on_segmentation"]) for r in rows], bool)
     reserve = np.array([float(r["reserve_mm"]) for r in rows])
-    out = {}
+    default = PlanningParameters().needle.name
+    needle = np.array([r.get("needle") or default for r in rows])
     for rule in CONSTRAINTS:
-        if rule.kind != "hard" or (name is not None and rule.name != name):
+        if rule.kind != "hard":
             continue
         value = np.array([_number(r, f"{rule.name}:segmentation") for r in rows], float)
-        keep = passing.copy()
-        for each in np.unique(reserve):
-            at = (reserve == each) & ~np.isnan(value)
-            given = share if rule.name == name else None
-            keep[at] &= kept(rule.shortfall_of(value[at], p, float(each), share=given))
-        out[rule.name] = keep
-    return out
+        for each, name in {(float(a), str(b)) for a, b in zip(reserve, needle, strict=True)}:
+            at = (reserve == each) & (needle == name) & ~np.isnan(value)
+            p = PlanningParameters().with_overrides(needle=name)
+            keep[at] &= kept(rule.shortfall_of(value[at], p, each))
+    return keep
 
 
 def _fails_on_truth(row: dict[str, Any], name: str) -> bool:
@@ -257,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--summarize",
         type=Path,
         metavar="CSV",
-        help="print the table of a stored study (its --out file) with today's shares",
+        help="print the table of a stored study (its --out file) with the shares of this code",
     )
     args = parser.parse_args(argv)
     if args.summarize is not None:
