@@ -21,7 +21,7 @@ from bmbx_plan.planning.constraints import (
 )
 from bmbx_plan.planning.evaluate import CORE_STEP_MM, PATH_STEP_MM, evaluate
 from bmbx_plan.planning.fields import BLOCKED_MM, SideFields
-from bmbx_plan.planning.parameters import NEEDLES, RESERVE_SHARES, Needle, Side
+from bmbx_plan.planning.parameters import MIN_RESERVE_MM, NEEDLES, RESERVE_SHARES, Needle, Side
 
 SCHEMA = Path(__file__).parents[1] / ".." / "shared" / "spec" / "plan.schema.json"
 
@@ -60,6 +60,15 @@ def test_parameters_have_the_domain_defaults_and_refuse_nonsense() -> None:
         p.with_overrides(needle="14G-50")
     with pytest.raises(ValueError, match="unknown margin"):
         p.with_overrides(margins_mm={"spleen": 3.0})
+
+
+def test_the_reserve_is_half_the_voxel_but_never_below_what_the_safety_study_holds() -> None:
+    p = PlanningParameters()
+    # the bones are split on a ~1.5 mm working grid: a finer CT keeps the 2.5 mm CT's
+    assert p.reserve_for(0.8) == p.reserve_for(2.5) == MIN_RESERVE_MM == 1.25
+    assert p.reserve_for(3.0) == 1.5
+    assert p.reserve_for(5.0) == 2.0
+    assert PlanningParameters(reserve_mm=0.3).reserve_for(0.8) == 0.3  # asked for
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
