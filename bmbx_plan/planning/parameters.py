@@ -95,7 +95,9 @@ NEEDLES: dict[str, Needle] = {
 #: reach is fixed by the drawn line and the skin, air against tissue: the segmentation
 #: moved it by nothing. The core length moves with the cortex entry (by up to 1.3 mm
 #: where the truth failed), the cortical tables by up to 0.7 mm and the SI joint, often
-#: narrow or partly fused, by up to 1.8 mm where nothing else rejected the candidate.
+#: narrow or partly fused, by up to 1.8 mm where nothing else rejected the candidate
+#: (2.2 mm along the 11G-150's deeper paths, measured later). With one share for the SI
+#: joint the safety study proposed a needle 4.7 mm from the true joint: it keeps two.
 RESERVE_SHARES: dict[str, float] = {
     "needle_length": 0.5,
     "cortex_incidence": 1.0,

@@ -211,17 +211,20 @@ def _kept(rows: Sequence[dict[str, Any]]) -> NDArray[np.bool_]:
     from bmbx_plan.planning.parameters import PlanningParameters
 
     keep = np.array([_flag(r["passes_on_segmentation"]) for r in rows], bool)
-    reserve = np.array([float(r["reserve_mm"]) for r in rows])
     default = PlanningParameters().needle.name
-    needle = np.array([r.get("needle") or default for r in rows])
-    for rule in CONSTRAINTS:
-        if rule.kind != "hard":
-            continue
-        value = np.array([_number(r, f"{rule.name}:segmentation") for r in rows], float)
-        for each, name in {(float(a), str(b)) for a, b in zip(reserve, needle, strict=True)}:
-            at = (reserve == each) & (needle == name) & ~np.isnan(value)
-            p = PlanningParameters().with_overrides(needle=name)
-            keep[at] &= kept(rule.shortfall_of(value[at], p, each))
+    # rows judged alike: the same reserve (of their CT) and the same needle's reach
+    groups: dict[tuple[float, str], list[int]] = {}
+    for n, r in enumerate(rows):
+        groups.setdefault((float(r["reserve_mm"]), r.get("needle") or default), []).append(n)
+    for (reserve, needle), members in groups.items():
+        p = PlanningParameters().with_overrides(needle=needle)
+        for rule in CONSTRAINTS:
+            if rule.kind != "hard":
+                continue
+            at = np.array(members)
+            value = np.array([_number(rows[n], f"{rule.name}:segmentation") for n in at], float)
+            measured = ~np.isnan(value)
+            keep[at[measured]] &= kept(rule.shortfall_of(value[measured], p, reserve))
     return keep
 
 
