@@ -214,8 +214,12 @@ def _slow_reference(fields: SideFields, p: PlanningParameters, c: np.ndarray, d:
                     total += weight * float(array[low[0] + dk, low[1] + dj, low[2] + di])
         return total
 
+    r = p.needle.radius_mm
+    normal = fields.normals_at(c[None].astype(np.float32))[0]
+    cos_inc = float(np.clip(-np.dot(normal, d), 0.0, 1.0))
     skin = None
     slack = []
+    blocked = 0.0
     # the search follows the path as far as a passing plan could need
     reach = p.needle.usable_length_mm - p.seat_depth_mm - p.min_core_length_mm
     t = PATH_STEP_MM
@@ -226,6 +230,14 @@ def _slow_reference(fields: SideFields, p: PlanningParameters, c: np.ndarray, d:
             skin = t - 0.5 * PATH_STEP_MM
             break
         slack.append(at(fields.path_slack_mm, point))
+        # the needle must leave the ilium behind: 0.4 mm per mm back from the entry
+        # (from 2 mm on), up to its radius; the depth is interpolated near the bone
+        depth = at(fields.entry_depth_mm, point)
+        if depth is not None and depth > -(r + np.sqrt(3.0) * fields.spacing_mm):
+            depth = trilinear(fields.entry_depth_mm, point)
+        regrazes = depth is not None and t >= 2.0 and depth > -min(r, 0.4 * t * cos_inc)
+        if slack[-1] is None or slack[-1] <= BLOCKED_MM or regrazes:
+            blocked += PATH_STEP_MM
         t += PATH_STEP_MM
     if skin is None:
         skin = t - PATH_STEP_MM + 0.5 * PATH_STEP_MM  # a lower bound, as in the search
@@ -236,7 +248,7 @@ def _slow_reference(fields: SideFields, p: PlanningParameters, c: np.ndarray, d:
         depth = trilinear(fields.ilium_depth_mm, point)
         core.append((depth, at(fields.marrow.astype(float), point)))
         tb += CORE_STEP_MM
-    return skin, [s for s in slack if s is not None and s > BLOCKED_MM], core
+    return skin, blocked, [s for s in slack if s is not None and s > BLOCKED_MM], core
 
 
 def test_vectorised_evaluation_matches_a_slow_reference(
@@ -253,9 +265,10 @@ def test_vectorised_evaluation_matches_a_slow_reference(
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
     fast = evaluate(fields, p, entries, directions, core_length_mm=p.core_length_mm)
     for n in range(len(entries)):
-        skin, slack, core = _slow_reference(fields, p, entries[n], directions[n])
+        skin, blocked, slack, core = _slow_reference(fields, p, entries[n], directions[n])
         if skin is not None:
             assert fast.skin_to_cortex_mm[n] == pytest.approx(skin, abs=1e-6)
+            assert fast.path_blocked_mm[n] == pytest.approx(blocked, abs=1e-9)
         depths = [dep for dep, _ in core if dep is not None]
         if len(depths) == len(core):
             assert fast.core_clearance_mm[n] == pytest.approx(

@@ -148,12 +148,12 @@ def evaluate(
         skin = np.asarray(skin_to_cortex_mm, np.float64).reshape(n)
         before = t[None, :] < skin[:, None]
     slack = np.where(on_grid, _sample(fields.path_slack_mm, flat), BLOCKED_MM)
-    depth = _sample(fields.entry_depth_mm, flat)
     # the needle axis must leave the target ilium behind at once, its surface by the
     # needle radius further back
     normal = fields.normals_at(c32)
     cos_inc = np.clip(-np.sum(normal * d32, axis=1), 0.0, 1.0)
     required = np.minimum(r, _CLEAR_SLOPE * t[None, :] * cos_inc[:, None])
+    depth = _path_depth(fields, points, flat, r)
     regrazes = (depth > -required) & (t[None, :] >= _ENTRY_ZONE_MM)
     blocked = before & ((slack <= BLOCKED_MM) | regrazes)
     path_blocked = blocked.sum(axis=1) * PATH_STEP_MM
@@ -231,6 +231,21 @@ def evaluate(
         craniocaudal_deg=cranio,
         longest_safe_core_mm=safe_core.astype(np.float64),
     )
+
+
+def _path_depth(
+    fields: SideFields, points: NDArray[np.float32], flat: NDArray[np.intp], radius_mm: float
+) -> NDArray[np.float32]:
+    """Signed depth below the needle's entry surface at path ``points`` (negative
+    outside), interpolated wherever the needle is close enough to the ilium for the
+    re-grazing test to matter: the nearest voxel's value jumps by a whole voxel with a
+    sub-voxel move of the entry, and a whole voxel is more than the test's slack there."""
+    depth = fields.entry_depth_mm.reshape(-1)[flat]
+    near = depth > -(radius_mm + np.sqrt(3.0) * fields.spacing_mm)
+    if near.any():
+        smooth, on = fields.interpolate(fields.entry_depth_mm, points[near])
+        depth[near] = np.where(on, smooth, depth[near])
+    return depth
 
 
 def _evaluate_long_core(
