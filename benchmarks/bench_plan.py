@@ -63,13 +63,26 @@ def anatomy_path(ct_path: Path) -> Path:
     return ct_path.with_name(ct_path.name.split(".")[0] + "_anatomy.pkl")
 
 
-def segment(ct_path: Path) -> None:
-    """Segment the CT and pickle the Anatomy next to it."""
-    from bmbx_plan import load_ct, segment_pelvis
+def prepare(workdir: Path) -> Path:
+    """Build the CT and segment it, unless the workdir holds both (the Anatomy is pickled
+    next to the CT); the CT's path."""
+    ct_path = build(workdir)
+    cached = anatomy_path(ct_path)
+    if cached.exists():
+        try:
+            _load_anatomy(ct_path)
+        except Exception:  # an Anatomy pickled by an older bmbx_plan
+            cached.unlink()
+    if not cached.exists():
+        from bmbx_plan import load_ct, segment_pelvis
 
-    anatomy = segment_pelvis(load_ct(ct_path))
-    with anatomy_path(ct_path).open("wb") as f:
-        pickle.dump(anatomy, f, protocol=pickle.HIGHEST_PROTOCOL)
+        print("segmenting the CT once (cached in the workdir) ...", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        anatomy = segment_pelvis(load_ct(ct_path))
+        with cached.open("wb") as f:
+            pickle.dump(anatomy, f, protocol=pickle.HIGHEST_PROTOCOL)
+        print(f"  {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    return ct_path
 
 
 def _load_anatomy(ct_path: Path) -> Any:
@@ -328,10 +341,10 @@ def main() -> None:
         help="mesh the hip bones without internal cavities (clearance to the outer boundary)",
     )
     parser.add_argument("--run", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--segment", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.segment:
-        segment(args.segment)
+    if args.prepare:
+        print(prepare(args.workdir))
         return
     if args.run:
         print(json.dumps(run(args.run, args.baseline_candidates, args.seed, args.fill_cavities)))
@@ -339,18 +352,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        ct_path = build(workdir)
-        cached = anatomy_path(ct_path)
-        if cached.exists():
-            try:
-                _load_anatomy(ct_path)
-            except Exception:  # an Anatomy pickled by an older bmbx_plan
-                cached.unlink()
-        if not cached.exists():
-            print("segmenting the CT once (cached in the workdir) ...", flush=True)
-            start = time.perf_counter()
-            subprocess.run([sys.executable, __file__, "--segment", str(ct_path)], check=True)
-            print(f"  {time.perf_counter() - start:.0f} s", flush=True)
+        # built and segmented in a child: ru_maxrss survives fork+exec, so the parent
+        # must stay small (a CT built here put its own 4.4 GB into the planner's peak)
+        prepare_command = [sys.executable, __file__, "--prepare", "--workdir", str(workdir)]
+        prepared = subprocess.run(prepare_command, stdout=subprocess.PIPE, text=True, check=True)
+        ct_path = Path(prepared.stdout.strip())
         out = subprocess.run(
             [
                 sys.executable,

@@ -73,14 +73,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--run", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--build", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
         print(json.dumps(run(args.run)))
         return
+    if args.build:
+        print(build(args.workdir))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        path = build(workdir)
+        # built in a child: ru_maxrss survives fork+exec, so the parent must stay small
+        # (a phantom built here put its own 4.4 GB into the segmentation's peak)
+        build_command = [sys.executable, __file__, "--build", "--workdir", str(workdir)]
+        built = subprocess.run(build_command, capture_output=True, text=True, check=True)
+        path = Path(built.stdout.strip())
         out = subprocess.run(
             [sys.executable, __file__, "--run", str(path)],
             capture_output=True,
