@@ -15,11 +15,11 @@ from numpy.typing import NDArray
 from scipy import ndimage
 from skimage.segmentation import watershed
 
-from bmbx_plan.anatomy._grid import ball, bounding_box, components
+from bmbx_plan.anatomy._grid import Box, ball, bounding_box, components
 from bmbx_plan.distance import distance_mm
 from bmbx_plan.volume import Volume
 
-__all__ = ["PelvisBones", "joint_clefts", "split_pelvis"]
+__all__ = ["PelvisBones", "joint_clefts", "joint_sheets", "split_pelvis"]
 
 Mask = NDArray[np.bool_]
 
@@ -31,6 +31,8 @@ _MIDLINE_SLAB_MM = 12.0
 _LATERAL_SEED_MM = 65.0
 # Low-density sheets up to twice this thick inside the filled bone are joint clefts.
 _CLEFT_HALF_WIDTH_MM = 1.5
+# A joint space has dense bone on both sides within this distance along one axis.
+_SHEET_REACH_MM = 3.0
 # A femur is a piece on one side whose top lies this far below the top of the hip bone.
 _FEMUR_BELOW_CREST_MM = 60.0
 # The femoral shaft: bone in the lowest slices of the scan, this far from the midline
@@ -110,6 +112,59 @@ def _cleft_structure(spacing_mm: NDArray[np.float64]) -> Mask:
     only its centre on a 2 mm grid, and no cleft would ever be found there.
     """
     return ball(np.maximum(_CLEFT_HALF_WIDTH_MM, spacing_mm), spacing_mm)
+
+
+def joint_sheets(
+    bone: Mask, ct: Volume, *, bone_threshold_hu: float, box: Box | None = None
+) -> Mask:
+    """Joint spaces: voxels of ``bone`` below the threshold with dense bone on both sides
+    along one grid axis within ``_SHEET_REACH_MM`` (the nearest whole number of voxels,
+    at least one).
+
+    Unlike :func:`joint_clefts` this leaves out the outer layer of thick marrow, which has
+    cortex on one side only; marrow thinner than twice the reach (a thin wing) does count.
+
+    Parameters
+    ----------
+    bone : (K, J, I) bool ndarray
+        Bone (cortex and marrow) on ``ct``'s grid.
+    ct : Volume
+        HU and geometry.
+    bone_threshold_hu : float
+        The shell threshold the bone mask was made with.
+    box : tuple of slice, optional
+        Look only here (the whole grid by default).
+
+    Returns
+    -------
+    (K, J, I) bool ndarray, a subset of ``bone`` inside ``box``.
+    """
+    out = np.zeros(bone.shape, bool)
+    box = tuple(slice(0, n) for n in bone.shape) if box is None else box
+    hu = np.asarray(ct.array)[box]
+    low = bone[box] & (hu < bone_threshold_hu)
+    if not low.any():
+        return out
+    dense = bone[box] & ~low
+    sheet = np.zeros(low.shape, bool)
+    for axis, spacing in enumerate(ct.spacing_mm):
+        steps = max(1, int(_SHEET_REACH_MM / float(spacing) + 0.5))
+        sheet |= _dense_within(dense, axis, steps, 1) & _dense_within(dense, axis, steps, -1)
+    out[box] = low & sheet
+    return out
+
+
+def _dense_within(dense: Mask, axis: int, steps: int, direction: int) -> Mask:
+    """Whether ``dense`` holds a voxel 1 to ``steps`` voxels from each voxel along
+    ``axis`` in ``direction`` (+1: higher indices); nothing lies beyond the array."""
+    out = np.zeros_like(dense)
+    n = dense.shape[axis]
+    for step in range(1, min(steps, n - 1) + 1):
+        near: list[slice] = [slice(None)] * dense.ndim
+        far: list[slice] = [slice(None)] * dense.ndim
+        near[axis], far[axis] = (slice(0, n - step), slice(step, n))[::direction]
+        out[tuple(near)] |= dense[tuple(far)]
+    return out
 
 
 def split_pelvis(

@@ -23,7 +23,7 @@ from bmbx_plan.anatomy.body import BodyMask, segment_body
 from bmbx_plan.anatomy.bone import DEFAULT_BONE_THRESHOLD_HU, cortical_band, segment_bone
 from bmbx_plan.anatomy.external import ExternalMasks, load_external_masks
 from bmbx_plan.anatomy.landmarks import ShapeFit, fit_shape_model, pelvis_landmarks
-from bmbx_plan.anatomy.pelvis import PelvisBones, joint_clefts, split_pelvis
+from bmbx_plan.anatomy.pelvis import PelvisBones, joint_clefts, joint_sheets, split_pelvis
 from bmbx_plan.distance import distance_mm
 from bmbx_plan.io.errors import InputError
 from bmbx_plan.mesh import voxelize
@@ -80,6 +80,8 @@ _FIT_ERROR_MM = 2.0
 # voxels of the grid the pass runs on (the ~1.5 mm working grid for the second passes,
 # the CT grid for the sacrum completion).
 _FIT_TRUST_VOXELS = 3
+# Joint spaces are looked for this far around the first pass's sacrum.
+_SHEET_SEARCH_MM = 10.0
 # Missed sacral marrow is added only this close to the segmented sacrum.
 _SACRUM_COMPLETION_MM = 8.0
 # Keep-out region around the apex of each greater sciatic notch (superior gluteal
@@ -249,14 +251,32 @@ def _refine_femurs(
     return replace(split, **out)
 
 
-def _reconcile_with_fit(split: PelvisBones, fitted: Sequence[Mask], grid: Volume) -> PelvisBones:
+def _sheets_at_joints(
+    bone: Mask, ct: Volume, work: WorkGrid, sacrum: Mask, bone_threshold_hu: float
+) -> Mask:
+    """The :func:`joint_sheets` in the box of ``sacrum`` (on ``work.coarse``: the first
+    pass's and the fitted one, since the first pass can cut deep into the sacrum) grown by
+    :data:`_SHEET_SEARCH_MM`, found on the CT and marking their blocks on the working grid
+    (a one-voxel joint space must survive the coarser grid)."""
+    if not sacrum.any():
+        return np.zeros(work.coarse.shape, bool)
+    pad = int(np.ceil(_SHEET_SEARCH_MM / work.coarse.spacing_mm.min()))
+    box = work.fine_box(bounding_box(sacrum, pad))
+    sheets = joint_sheets(bone, ct, bone_threshold_hu=bone_threshold_hu, box=box)
+    return work.pool(sheets, min_fraction=0.0)
+
+
+def _reconcile_with_fit(
+    split: PelvisBones, fitted: Sequence[Mask], grid: Volume, sheets: Mask
+) -> PelvisBones:
     """Re-decide the bone where the first pass and the fitted model disagree.
 
     Where the first pass and the fitted hip bones and sacrum (``fitted``, voxelized on
     ``grid``) agree, the label stands and seeds a watershed on the depth below the bone
-    surface; the voxels where they disagree (e.g. sacral marrow that flooded into a hip
-    bone through a fatty, partly fused SI joint) go to the bone they connect to through
-    the thickest bone.
+    surface, where the joint spaces ``sheets`` count as surface; the voxels where they
+    disagree (e.g. sacral marrow that flooded into a hip bone through a fatty, partly
+    fused SI joint) go to the bone they connect to through the thickest bone, and the
+    seeds meet in the joint space where there is one.
 
     Bone over the sacrum farther than :data:`_SPINE_MARGIN_MM` outside every fitted bone
     is a vertebra the first pass joined to the pelvis (an L5 transverse process touching
@@ -285,7 +305,7 @@ def _reconcile_with_fit(split: PelvisBones, fitted: Sequence[Mask], grid: Volume
     seeded = vertebra.sum() * grid.voxel_volume_mm3 >= _MIN_VERTEBRA_SEED_ML * 1000.0
     if seeded:
         markers[vertebra] = len(names) + 1
-    depth = distance_mm(sub, grid.spacing_mm)
+    depth = distance_mm(sub & ~sheets[box], grid.spacing_mm)
     regions = watershed(-depth, markers, mask=sub)
     if seeded:
         # Where the vertebra touches a bone without a cleft the watershed cuts at the
@@ -420,7 +440,8 @@ def _split_bones(
     # Each fitted bone is voxelized once and serves every pass on the working grid.
     fitted = [voxelize(mesh, work.coarse) for mesh in fit.meshes]
     split = _refine_femurs(split, fit, fitted, work.coarse)
-    split = _reconcile_with_fit(split, fitted, work.coarse)
+    sheets = _sheets_at_joints(bone, ct, work, split.sacrum | fitted[2], bone_threshold_hu)
+    split = _reconcile_with_fit(split, fitted, work.coarse, sheets)
     del fitted
     labels = to_full_resolution(work, _label_map(split), bone, lambda box: clefts[box])
     split = _bones_on_grid(labels, split)
