@@ -20,19 +20,14 @@ the reserve shares of the code at hand).
 
 from __future__ import annotations
 
-import argparse
-import csv
-import sys
-import time
 from collections.abc import Sequence
-from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from bmbx_phantoms.cohort import Case, cohort_cases, in_parallel, phantom_of, voxel_text_of
+from bmbx_phantoms.cohort import Case, phantom_of, voxel_text_of
+from bmbx_phantoms.study import study_main
 from bmbx_phantoms.truth import truth_anatomy
 
 if TYPE_CHECKING:
@@ -243,58 +238,17 @@ def _flag(value: Any) -> bool:
     return value is True or value == "True"
 
 
-def _measure_or_skip(case: Case, voxel_mm: tuple[float, float] | None) -> list[dict]:
-    try:
-        return measure_case(case, voxel_mm=voxel_mm)
-    except Exception as error:  # one phantom the generator cannot build ends no study
-        print(f"seed {case.seed}: {type(error).__name__}: {error}", file=sys.stderr)
-        return []
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure, print progress on stderr and the table on stdout."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bmbx_phantoms.reserve", description=__doc__.split("\n")[0]
+    return study_main(
+        argv,
+        prog="python -m bmbx_phantoms.reserve",
+        description=__doc__.split("\n")[0],
+        measure=measure_case,
+        summarize=summarize,
+        describe=lambda rows: f"{len(rows)} candidates",
+        default_step=2,
     )
-    parser.add_argument("--cases", type=int, default=200, help="cohort phantoms to draw from")
-    parser.add_argument("--step", type=int, default=2, help="measure every STEP-th phantom")
-    parser.add_argument("--first-seed", type=int, default=1000)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--voxel-mm", type=float, nargs=2, metavar=("PIXEL", "SLICE"))
-    parser.add_argument("--out", type=Path, help="CSV file with one row per candidate")
-    parser.add_argument(
-        "--summarize",
-        type=Path,
-        metavar="CSV",
-        help="print the table of a stored study (its --out file) with the shares of this code",
-    )
-    args = parser.parse_args(argv)
-    if args.summarize is not None:
-        with args.summarize.open(newline="") as handle:
-            print(summarize(list(csv.DictReader(handle))))
-        return 0
-    cases = cohort_cases(args.cases, first_seed=args.first_seed)[:: args.step]
-    voxel_mm = None if args.voxel_mm is None else (args.voxel_mm[0], args.voxel_mm[1])
-    rows: list[dict[str, Any]] = []
-    start = time.perf_counter()
-    measured = in_parallel(partial(_measure_or_skip, voxel_mm=voxel_mm), cases, args.workers)
-    for n, (case, case_rows) in enumerate(zip(cases, measured, strict=True), start=1):
-        rows.extend(case_rows)
-        print(
-            f"[{n}/{len(cases)} {time.perf_counter() - start:.0f} s] seed {case.seed} "
-            f"{case.preset} {case.position}: {len(case_rows)} candidates",
-            file=sys.stderr,
-            flush=True,
-        )
-    if args.out is not None and rows:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        names = list(dict.fromkeys(key for row in rows for key in row))
-        with args.out.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=names, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
-    print(summarize(rows))
-    return 0
 
 
 if __name__ == "__main__":
