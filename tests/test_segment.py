@@ -111,6 +111,36 @@ def test_a_joint_sheet_has_cortex_on_both_sides_the_rim_of_marrow_does_not(
     assert not boxed.any()
 
 
+def test_joint_sheets_match_a_voxel_by_voxel_reference() -> None:
+    rng = np.random.default_rng(7)
+    spacing = (2.5, 1.0, 0.7)  # 1, 3 and 4 voxels of reach
+    hu = rng.choice(np.array([0, 300], np.int16), size=(9, 11, 13), p=[0.6, 0.4])
+    ct = Volume.from_components(hu, spacing_mm=spacing)
+    bone = rng.random(hu.shape) < 0.8
+    box = (slice(1, 8), slice(0, 11), slice(2, 12))
+    found = joint_sheets(bone, ct, bone_threshold_hu=130.0, box=box)
+    dense = bone & (hu >= 130)
+    expected = np.zeros_like(bone)
+    for k, j, i in np.argwhere(bone & (hu < 130)):
+        if not all(b.start <= v < b.stop for v, b in zip((k, j, i), box, strict=True)):
+            continue
+        for axis in range(3):
+            steps = max(1, int(3.0 / spacing[axis] + 0.5))
+            at = [k, j, i]
+            sides = []
+            for sign in (1, -1):
+                hit = False
+                for step in range(1, steps + 1):
+                    probe = list(at)
+                    probe[axis] += sign * step
+                    inside = box[axis].start <= probe[axis] < box[axis].stop
+                    hit |= inside and bool(dense[tuple(probe)])
+                sides.append(hit)
+            expected[k, j, i] |= all(sides)
+    assert expected.any()
+    assert np.array_equal(found, expected)
+
+
 @pytest.mark.parametrize(
     ("seed", "position", "preset"), [(1085, "FFS", "sclerotic"), (1180, "HFP", "no_safe_right")]
 )

@@ -80,7 +80,7 @@ _FIT_ERROR_MM = 2.0
 # voxels of the grid the pass runs on (the ~1.5 mm working grid for the second passes,
 # the CT grid for the sacrum completion).
 _FIT_TRUST_VOXELS = 3
-# Joint spaces are looked for this far around the first pass's sacrum.
+# Joint spaces are looked for this far around the sacrum (the first pass's and the fitted).
 _SHEET_SEARCH_MM = 10.0
 # Missed sacral marrow is added only this close to the segmented sacrum.
 _SACRUM_COMPLETION_MM = 8.0
