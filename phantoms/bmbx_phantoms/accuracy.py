@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -87,9 +88,7 @@ def measure_case(
         found_hip = anatomy.ilium(side)
         optimism = si_distance_optimism(anatomy, truth, side)
         row: dict[str, Any] = {
-            "seed": case.seed,
-            "preset": case.preset,
-            "position": case.position,
+            **asdict(case),
             "voxel_mm": voxel_text_of(phantom),
             "side": side,
             "dice_hip": round(dice(found_hip, hip), 4),

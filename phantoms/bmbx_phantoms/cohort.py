@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -93,9 +93,7 @@ def run_case(
         plan = planner.plan(side, cross_check=cross_check)
         admits = exact.plan(side, cross_check=False)
         row: dict[str, Any] = {
-            "seed": case.seed,
-            "preset": case.preset,
-            "position": case.position,
+            **asdict(case),
             "voxel_mm": voxel_text_of(phantom),
             "side": side,
             "status": plan.status,
@@ -285,9 +283,7 @@ def _run_or_report(
     except Exception as error:  # reported in the table, not hidden
         return [
             {
-                "seed": case.seed,
-                "preset": case.preset,
-                "position": case.position,
+                **asdict(case),
                 "side": "",
                 "status": "error",
                 "error": f"{type(error).__name__}: {error}",

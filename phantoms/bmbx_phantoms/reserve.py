@@ -21,6 +21,7 @@ the reserve shares of the code at hand).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -68,9 +69,7 @@ def measure_case(case: Case, *, voxel_mm: tuple[float, float] | None = None) -> 
     reserve = PlanningParameters().reserve_for(float(anatomy.labels.spacing_mm.max()))
     rng = np.random.default_rng(case.seed)
     about = {
-        "seed": case.seed,
-        "preset": case.preset,
-        "position": case.position,
+        **asdict(case),
         "voxel_mm": voxel_text_of(phantom),
         "reserve_mm": reserve,
     }
