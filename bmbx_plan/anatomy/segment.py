@@ -80,6 +80,10 @@ _FIT_ERROR_MM = 2.0
 # voxels of the grid the pass runs on (the ~1.5 mm working grid for the second passes,
 # the CT grid for the sacrum completion).
 _FIT_TRUST_VOXELS = 3
+# ... one voxel less for the sacrum: where the ala touches the ilium with no joint space
+# between them (a fused or dense joint) no sheet or cleft shows the boundary and only the
+# fit can place it; with 3 voxels the ilium took up to 8 voxels of the ala there.
+_SACRUM_TRUST_VOXELS = 2
 # Joint spaces are looked for this far around the sacrum (the first pass's and the fitted).
 _SHEET_SEARCH_MM = 10.0
 # Missed sacral marrow is added only this close to the segmented sacrum.
@@ -293,7 +297,8 @@ def _reconcile_with_fit(
     for value, (name, model) in enumerate(zip(names, fitted, strict=True), start=1):
         # Deep inside the fitted bone the model decides; near its surface (where the
         # model is a few mm off) only where the first pass agrees.
-        deep = sub & ndimage.binary_erosion(model[box], iterations=_FIT_TRUST_VOXELS)
+        trust = _SACRUM_TRUST_VOXELS if name == "sacrum" else _FIT_TRUST_VOXELS
+        deep = sub & ndimage.binary_erosion(model[box], iterations=trust)
         agree = getattr(split, name)[box] & ndimage.binary_erosion(model[box])
         markers[(deep | agree) & (markers == 0)] = value
     if any(not (markers == v).any() for v in (1, 2, 3)):
