@@ -84,6 +84,10 @@ def test_a_case_that_cannot_run_is_reported_and_the_study_resumes(
     # flags read back from the CSV count as booleans: 3 of the 6 sides admit with reserve
     assert "with the planner's reserve | 3 |" in resumed
     assert "CT voxels 2 x 2.5 mm" in resumed
+    # a stored study's table is printed again without running anything
+    assert cohort.main(["--summarize", str(out)]) == 0
+    assert capsys.readouterr().out == resumed
+    assert seen == [1003]
     # phantoms of another voxel size do not join a study already begun
     with pytest.raises(SystemExit) as stop:
         cohort.main(["--cases", "5", "--out", str(out), "--resume", "--voxel-mm", "1", "1.25"])

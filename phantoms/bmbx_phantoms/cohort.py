@@ -13,10 +13,12 @@ For every phantom (seeds x presets x patient positions) and side:
 Run::
 
     python -m bmbx_phantoms.cohort --cases 200 --workers 2 --out cohort.csv
+    python -m bmbx_phantoms.cohort --summarize cohort.csv
 
-It prints a summary table; ``--cases 12`` gives a quick look (the test suite runs a
-small subset). The phantoms have 2 x 2 x 2.5 mm voxels unless ``--voxel-mm PIXEL SLICE``
-asks for others (``--voxel-mm 1 1.25`` for a clinical planning CT; slower).
+It prints a summary table (the second form prints a stored study's table again);
+``--cases 12`` gives a quick look (the test suite runs a small subset). The phantoms have
+2 x 2 x 2.5 mm voxels unless ``--voxel-mm PIXEL SLICE`` asks for others
+(``--voxel-mm 1 1.25`` for a clinical planning CT; slower).
 """
 
 from __future__ import annotations
@@ -326,7 +328,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="keep the rows already in --out and run only the cases missing there",
     )
+    parser.add_argument(
+        "--summarize",
+        type=Path,
+        metavar="CSV",
+        help="print the table of a stored study (its --out file) with the code at hand",
+    )
     args = parser.parse_args(argv)
+    if args.summarize is not None:
+        print(summarize(_read_rows(args.summarize)))
+        return 0
     cases = cohort_cases(args.cases, first_seed=args.first_seed)
     rows: list[dict[str, Any]] = []
     resuming = args.resume and args.out is not None and args.out.exists()
