@@ -1,0 +1,156 @@
+"""Contrast-filled vessels against the bone are no bone (``bone.contrast_lumina``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from bmbx_phantoms import TRUTH_LABELS, make_phantom
+from bmbx_phantoms.labels import ilium_labels
+from bmbx_plan import load_ct, segment_pelvis
+from bmbx_plan.anatomy.bone import (
+    _LUMEN_MAX_HU,
+    _LUMEN_MAX_SD_HU,
+    _LUMEN_OUTSIDE_SHARE,
+    _LUMEN_RADIUS_MM,
+    _MIN_PIECE_ML,
+    DEFAULT_BONE_THRESHOLD_HU,
+    contrast_lumina,
+    segment_bone,
+)
+from bmbx_plan.volume import Volume
+
+DATA = (Path(__file__).parents[1] / ".." / "shared" / "data").resolve()
+
+# The cohort's grid, a finer planning CT, a fine clinical CT (mm, k j i).
+_VOXEL_SIZES = [(2.5, 2.0, 2.0), (2.0, 1.5, 1.5), (1.0, 0.8, 0.8)]
+
+
+def _bone_and_vessel(
+    spacing_mm: tuple[float, float, float], blood_hu: float, seed: int = 0
+) -> tuple[Volume, np.ndarray, np.ndarray]:
+    """A block of bone (2 mm cortex of 900 HU around marrow of 200 HU) with a vessel of
+    radius 5 mm lying against one face, in soft tissue of 40 HU, with 15 HU of noise.
+    Returns the CT, the block and the vessel."""
+    shape = tuple(round(n / s) for n, s in zip((60.0, 50.0, 60.0), spacing_mm, strict=True))
+    ct = Volume.from_components(np.zeros(shape, np.int16), spacing_mm=spacing_mm)
+    x, y, z = np.broadcast_arrays(*(ct.lps_coordinate(axis) for axis in range(3)))
+    block = (np.abs(x - 30.0) < 15.0) & (np.abs(y - 20.0) < 10.0) & (np.abs(z - 30.0) < 20.0)
+    marrow = (np.abs(x - 30.0) < 13.0) & (np.abs(y - 20.0) < 8.0) & (np.abs(z - 30.0) < 18.0)
+    # along z, touching the block's posterior face (y = 30)
+    vessel = ((x - 30.0) ** 2 + (y - 35.0) ** 2 < 5.0**2) & ~block
+    hu = np.full(shape, 40.0)
+    hu[block] = 900.0
+    hu[marrow] = 200.0
+    hu[vessel] = blood_hu
+    hu += np.random.default_rng(seed).normal(0.0, 15.0, shape)
+    return ct.with_array(hu.astype(np.int16)), block, vessel
+
+
+@pytest.mark.parametrize("spacing_mm", _VOXEL_SIZES)
+def test_a_contrast_filled_vessel_against_the_bone_is_no_bone(
+    spacing_mm: tuple[float, float, float],
+) -> None:
+    ct, block, vessel = _bone_and_vessel(spacing_mm, blood_hu=300.0)
+    bone = segment_bone(ct)
+    # the vessel, but for its blurred contact with the cortex, is left out; without
+    # the lumen test all of it is bone (it is denser than the shell threshold)
+    contact = ndimage.binary_dilation(block, iterations=2)
+    assert not (bone & vessel & ~contact).any()
+    assert (bone & block).sum() >= 0.99 * block.sum()
+    # the same vessel unenhanced: nothing to leave out, the bone is the same
+    plain, _, _ = _bone_and_vessel(spacing_mm, blood_hu=45.0)
+    hu = np.asarray(plain.array)
+    dense = hu >= DEFAULT_BONE_THRESHOLD_HU
+    assert not contrast_lumina(hu, dense, segment_bone(plain), plain.spacing_mm).any()
+    assert np.array_equal(segment_bone(plain) & block, bone & block)
+
+
+def _reference_lumina(
+    hu: np.ndarray, dense: np.ndarray, bone: np.ndarray, spacing_mm: np.ndarray
+) -> np.ndarray:
+    """contrast_lumina written out piece by piece and voxel by voxel."""
+    moderate = dense & (hu < _LUMEN_MAX_HU)
+    core = ndimage.distance_transform_edt(moderate, sampling=spacing_mm) > _LUMEN_RADIUS_MM
+    thick = ndimage.distance_transform_edt(~core, sampling=spacing_mm) <= _LUMEN_RADIUS_MM
+    pieces, count = ndimage.label(thick)
+    lumen = np.zeros_like(dense)
+    steps = [np.eye(3, dtype=int)[a] * sign for a in range(3) for sign in (1, -1)]
+    for label in range(1, count + 1):
+        piece = pieces == label
+        if piece.sum() * np.prod(spacing_mm) / 1000.0 < _MIN_PIECE_ML:
+            continue
+        if np.std(hu[piece].astype(np.float64)) > _LUMEN_MAX_SD_HU:
+            continue
+        ring = set()
+        for index in map(tuple, np.argwhere(piece)):
+            for step in steps:
+                near = tuple(np.add(index, step))
+                inside = all(0 <= v < n for v, n in zip(near, piece.shape, strict=True))
+                if inside and not piece[near]:
+                    ring.add(near)
+        outside = sum(not bone[v] for v in ring)
+        if outside / len(ring) >= _LUMEN_OUTSIDE_SHARE:
+            lumen |= piece
+    return moderate & ndimage.binary_dilation(lumen)
+
+
+def test_contrast_lumina_match_a_piece_by_piece_reference() -> None:
+    # A vessel, an enhanced vessel too thin to be told from a cortex's blur, and a
+    # textured (trabecular) piece of the vessel's density outside the bone.
+    spacing = (2.0, 1.5, 1.5)
+    ct, block, vessel = _bone_and_vessel(spacing, blood_hu=280.0, seed=3)
+    x, y, z = np.broadcast_arrays(*(ct.lps_coordinate(axis) for axis in range(3)))
+    hu = np.asarray(ct.array).astype(np.float64)
+    thin = ((x - 10.0) ** 2 + (y - 35.0) ** 2 < 1.5**2) & ~block & ~vessel
+    hu[thin] = 300.0
+    rough = ((x - 50.0) ** 2 + (y - 40.0) ** 2 + (z - 30.0) ** 2 < 6.0**2) & ~block & ~vessel
+    hu[rough] = np.random.default_rng(4).normal(280.0, 90.0, int(rough.sum()))
+    ct = ct.with_array(hu.astype(np.int16))
+    hu = np.asarray(ct.array)
+    dense = hu >= DEFAULT_BONE_THRESHOLD_HU
+    first = segment_bone(ct) | dense  # the first fill holds every dense piece
+    found = contrast_lumina(hu, dense, first, ct.spacing_mm)
+    expected = _reference_lumina(hu, dense, first, ct.spacing_mm)
+    assert np.array_equal(found, expected)
+    assert (found & vessel).sum() > 0.9 * vessel.sum()
+    assert not (found & (thin | rough)).any()
+
+
+def test_in_an_arterial_phase_the_iliac_vessels_stay_out_of_the_bones() -> None:
+    # Cohort phantom 1000 (asymmetric, HFP) with its blood at 300 HU: the common iliac
+    # vein lies against the sacral ala and joined the sacrum (sacrum Dice 0.941,
+    # 800 vessel voxels in it).
+    ph = make_phantom(seed=1000, position="HFP", preset="asymmetric", blood_hu=300.0)
+    anatomy = segment_pelvis(ph.ct)
+    labels = np.asarray(ph.labels.array)
+    vessels = labels == ph.label_names["iliac_vessels"]
+    sacrum = anatomy.mask("sacrum")
+    truth = labels == TRUTH_LABELS["sacrum"]
+    assert 2.0 * (sacrum & truth).sum() / (sacrum.sum() + truth.sum()) >= 0.95
+    bones = sacrum | anatomy.ilium("left") | anatomy.ilium("right")
+    # the voxels where a vessel's blur meets the cortex may stay
+    assert (bones & vessels).sum() < 0.05 * vessels.sum()
+    for side in ("left", "right"):
+        hip = np.isin(labels, ilium_labels(side))
+        found = anatomy.ilium(side)
+        assert 2.0 * (found & hip).sum() / (found.sum() + hip.sum()) >= 0.95
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("case", ["001", "003", "005"])
+def test_real_bone_holds_no_lumen(case: str) -> None:
+    # Real trabecular bone of marrow density near the surface of a bone without soft
+    # tissue around it (the PENGWIN CTs keep only the bone): up to 0.47 of its surface
+    # meets the background, but it is not uniform.
+    folder = DATA / "real" / "pengwin_bone_only" / case
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent")
+    parts = [load_ct(folder / f"{case}_{n}.nii.gz") for n in ("LI", "RI", "SA")]
+    ct = parts[0].with_array(np.maximum.reduce([p.array for p in parts]))
+    hu = np.asarray(ct.array)
+    dense = hu >= DEFAULT_BONE_THRESHOLD_HU
+    assert not contrast_lumina(hu, dense, segment_bone(ct), ct.spacing_mm).any()
