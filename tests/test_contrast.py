@@ -18,6 +18,7 @@ from bmbx_plan.anatomy.bone import (
     _LUMEN_RADIUS_MM,
     _MIN_PIECE_ML,
     DEFAULT_BONE_THRESHOLD_HU,
+    _blocks,
     contrast_lumina,
     segment_bone,
 )
@@ -32,14 +33,17 @@ _VOXEL_SIZES = [(2.5, 2.0, 2.0), (2.0, 1.5, 1.5), (1.0, 0.8, 0.8)]
 def _bone_and_vessel(
     spacing_mm: tuple[float, float, float], blood_hu: float, seed: int = 0
 ) -> tuple[Volume, np.ndarray, np.ndarray]:
-    """A block of bone (2 mm cortex of 900 HU around marrow of 200 HU) with a vessel of
-    radius 5 mm lying against one face, in soft tissue of 40 HU, with 15 HU of noise.
+    """A block of bone (cortex of 900 HU around marrow of 200 HU) with a vessel of radius
+    5 mm lying against one face, in soft tissue of 40 HU, with 15 HU of noise. The cortex
+    is 2 mm thick but for that face, where it is the one voxel the CT can show.
     Returns the CT, the block and the vessel."""
     shape = tuple(round(n / s) for n, s in zip((60.0, 50.0, 60.0), spacing_mm, strict=True))
     ct = Volume.from_components(np.zeros(shape, np.int16), spacing_mm=spacing_mm)
     x, y, z = np.broadcast_arrays(*(ct.lps_coordinate(axis) for axis in range(3)))
     block = (np.abs(x - 30.0) < 15.0) & (np.abs(y - 20.0) < 10.0) & (np.abs(z - 30.0) < 20.0)
-    marrow = (np.abs(x - 30.0) < 13.0) & (np.abs(y - 20.0) < 8.0) & (np.abs(z - 30.0) < 18.0)
+    rows = np.unique(y)
+    thin_face = rows[rows < 30.0].max() - 0.5 * spacing_mm[1]  # one voxel inside y = 30
+    marrow = (np.abs(x - 30.0) < 13.0) & (y > 12.0) & (y < thin_face) & (np.abs(z - 30.0) < 18.0)
     # along z, touching the block's posterior face (y = 30)
     vessel = ((x - 30.0) ** 2 + (y - 35.0) ** 2 < 5.0**2) & ~block
     hu = np.full(shape, 40.0)
@@ -118,6 +122,22 @@ def test_contrast_lumina_match_a_piece_by_piece_reference() -> None:
     assert np.array_equal(found, expected)
     assert (found & vessel).sum() > 0.9 * vessel.sum()
     assert not (found & (thin | rough)).any()
+
+
+@pytest.mark.parametrize("step", [(1, 1, 1), (2, 2, 2), (1, 2, 3)])
+def test_blocks_reduce_each_block_as_a_loop_does(step: tuple[int, int, int]) -> None:
+    rng = np.random.default_rng(5)
+    values = rng.normal(size=(7, 8, 9))
+    flags = values > 0.5
+    k = np.array(step)
+    counts = [n // s for n, s in zip(values.shape, step, strict=True)]
+    for array, reduce in ((values, np.mean), (flags, np.all), (flags, np.any)):
+        found = _blocks(array, k, reduce)
+        assert found.shape == tuple(counts)
+        for index in np.ndindex(*counts):
+            block = tuple(slice(i * s, (i + 1) * s) for i, s in zip(index, step, strict=True))
+            # the sums run in another order: equal up to rounding
+            assert found[index] == pytest.approx(reduce(array[block]), rel=1e-12, abs=1e-15)
 
 
 def test_in_an_arterial_phase_the_iliac_vessels_stay_out_of_the_bones() -> None:

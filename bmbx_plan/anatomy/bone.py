@@ -7,6 +7,9 @@ gaps and everything it encloses in 3D becomes bone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
@@ -52,13 +55,16 @@ _LUMEN_MAX_HU = 500.0
 # ... and a lumen is thicker than this on every side (radius, mm: the smallest iliac
 # branches near bone are 2.5 mm), where that blur is thinner.
 _LUMEN_RADIUS_MM = 2.0
-# A lumen meets soft tissue on most of its surface (phantoms: 0.71-0.91), a piece of
-# marrow or trabecular bone of that density on less (phantoms: at most 0.11; real bone
-# without soft tissue around it: up to 0.47) ...
+# They are looked for on a grid about this coarse (blocks of voxels of a finer CT) ...
+_LUMEN_GRID_MM = 1.5
+# ... where a lumen meets soft tissue on most of its surface (phantoms: 0.71-0.91), a
+# piece of marrow or trabecular bone of that density on less (phantoms: at most 0.24;
+# real bone without soft tissue around it: up to 0.53) ...
 _LUMEN_OUTSIDE_SHARE = 0.6
-# ... and is as uniform as the noise (phantoms: 20-23 HU standard deviation), where
-# trabecular bone is not (real bone: 71-95 HU; phantom marrow has no trabecular texture).
-_LUMEN_MAX_SD_HU = 60.0
+# ... and is as uniform as the noise (standard deviation of the blocks: phantoms 14-23 HU),
+# where trabecular bone is not (real bone: 40-95 HU; phantom marrow has no trabecular
+# texture, so only its surface tells it from a lumen).
+_LUMEN_MAX_SD_HU = 35.0
 
 
 def _ball(radius_vox: NDArray[np.float64]) -> Mask:
@@ -113,26 +119,73 @@ def contrast_lumina(
     A lumen is a uniform piece of marrow-like density (below :data:`_LUMEN_MAX_HU`),
     thicker than :data:`_LUMEN_RADIUS_MM` on every side, that meets what ``bone`` (the
     first fill) leaves outside on most of its surface; marrow and trabecular bone of
-    that density are enclosed by cortex, and trabecular bone is not uniform.
+    that density are enclosed by cortex, and trabecular bone is not uniform. The pieces
+    are looked for on every n-th voxel of a CT finer than :data:`_LUMEN_GRID_MM`.
     """
     lumina = np.zeros_like(dense)
     box = bounding_box(dense, 1)
     moderate = dense[box] & (hu[box] < _LUMEN_MAX_HU)
+    step = np.maximum(np.rint(_LUMEN_GRID_MM / np.asarray(spacing_mm)), 1).astype(int)
+    found = _lumen_pieces(
+        _blocks(hu[box], step, np.mean),
+        # a block is of marrow-like density only if all of it is: a thin cortex between
+        # a vessel and the marrow still parts them
+        _blocks(moderate, step, np.all),
+        # and outside where any of it is: a lumen's blurred rim is dense, so part of
+        # the first fill, and fills the blocks around it up to the soft tissue
+        _blocks(~bone[box], step, np.any),
+        spacing_mm * step,
+    )
+    if not found.any():
+        return lumina
+    # back on the CT's voxels, with the lumen's blurred rim: the voxels of marrow-like
+    # density it reaches through such voxels (not through a cortex to the marrow behind)
+    index = np.ix_(
+        *(
+            np.minimum(np.arange(n) // k, m - 1)
+            for n, k, m in zip(moderate.shape, step, found.shape, strict=True)
+        )
+    )
+    lumen = found[index] & moderate
+    near = bounding_box(lumen, int(step.max()) + 1)
+    sub = np.zeros_like(moderate)
+    sub[near] = ndimage.binary_dilation(
+        lumen[near], iterations=int(step.max()), mask=moderate[near]
+    )
+    lumina[box] = sub
+    return lumina
+
+
+def _blocks(
+    array: NDArray[Any], step: NDArray[np.int_], reduce: Callable[..., NDArray[Any]]
+) -> NDArray[Any]:
+    """``reduce`` over blocks of ``step`` voxels (the last incomplete blocks dropped)."""
+    if (step == 1).all():
+        return array
+    counts = [n // k for n, k in zip(array.shape, step, strict=True)]
+    whole = array[tuple(slice(0, c * k) for c, k in zip(counts, step, strict=True))]
+    shape = [v for c, k in zip(counts, step, strict=True) for v in (c, int(k))]
+    return np.asarray(reduce(whole.reshape(shape), axis=(1, 3, 5)))
+
+
+def _lumen_pieces(
+    hu: NDArray[np.floating], moderate: Mask, outside: Mask, spacing_mm: NDArray[np.float64]
+) -> Mask:
+    """The thick parts of ``moderate`` that are lumina (see :func:`contrast_lumina`)."""
     core = distance_mm(moderate, spacing_mm) > _LUMEN_RADIUS_MM
     if not core.any():
-        return lumina
+        return core
     thick = distance_mm(~core, spacing_mm) <= _LUMEN_RADIUS_MM
     pieces, count = components(thick)
-    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
     owner = pieces[thick]
-    values = hu[box][thick].astype(np.float64)
+    values = hu[thick].astype(np.float64)
     sizes = np.bincount(owner, minlength=count + 1)
     mean = np.bincount(owner, weights=values, minlength=count + 1) / np.maximum(sizes, 1)
     spread = np.bincount(owner, weights=(values - mean[owner]) ** 2, minlength=count + 1)
     sd = np.sqrt(spread / np.maximum(sizes, 1))
+    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
     candidates = (sizes * voxel_ml >= _MIN_PIECE_ML) & (sd <= _LUMEN_MAX_SD_HU)
     candidates[0] = False
-    outside = ~bone[box]
     found = np.zeros(count + 1, bool)
     for label, where in enumerate(ndimage.find_objects(pieces), start=1):
         if where is None or not candidates[label]:
@@ -144,11 +197,7 @@ def contrast_lumina(
         piece = pieces[grown] == label
         ring = ndimage.binary_dilation(piece) & ~piece
         found[label] = outside[grown][ring].mean() >= _LUMEN_OUTSIDE_SHARE
-    if found.any():
-        # the lumen with its blurred rim, as far as it is of marrow-like density
-        lumen = found[pieces]
-        lumina[box] = moderate & ndimage.binary_dilation(lumen)
-    return lumina
+    return found[pieces]
 
 
 def _fill_shell(dense: Mask, ct: Volume) -> Mask:
