@@ -63,3 +63,6 @@ def test_the_study_writes_its_rows_and_prints_them_again(
     assert f"| {first.preset} | 2 |" in printed
     assert main(["--summarize", str(out)]) == 0
     assert capsys.readouterr().out == printed
+    with pytest.raises(SystemExit):
+        main(["--cases", "1", "--phantom", "blood_hu=hot"])
+    assert "blood_hu: 'hot' is not a number" in capsys.readouterr().err

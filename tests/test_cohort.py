@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from bmbx_phantoms.cohort import DESIGNED_INFEASIBLE, Case, cohort_cases, run_case, summarize
@@ -121,3 +122,79 @@ def test_the_table_sorts_missed_sides_by_their_binding_constraint() -> None:
     assert "| si_joint | 1 | 1 |" in table
     assert "| needle_length | 1 | 0 |" in table
     assert table.index("| si_joint |") < table.index("| needle_length |")  # most first
+
+
+def test_phantom_parameters_are_set_over_every_preset() -> None:
+    from bmbx_phantoms.cohort import overrides_text, phantom_of
+    from bmbx_phantoms.parameters import parse_overrides
+
+    assert parse_overrides("blood_hu=300 hip_scale=1,0.93 bowel_loops=3") == {
+        "blood_hu": 300.0,
+        "hip_scale": (1.0, 0.93),
+        "bowel_loops": 3,
+    }
+    for text, named in (("nope=1", "nope"), ("blood_hu", "blood_hu"), ("blood_hu=x", "'x'")):
+        with pytest.raises(ValueError, match=named):
+            parse_overrides(text)
+    with pytest.raises(ValueError, match="hip_scale"):
+        overrides_text(["hip_scale=5,5"])  # out of range
+    assert overrides_text(["noise_hu=5", "blood_hu=300"]) == "blood_hu=300 noise_hu=5"
+    cases = cohort_cases(3, overrides="blood_hu=300")
+    assert {c.overrides for c in cases} == {"blood_hu=300"}
+    phantom = phantom_of(cases[0], voxel_mm=(3.0, 3.0))
+    labels = np.asarray(phantom.labels.array)
+    vessels = np.asarray(phantom.ct.array)[labels == phantom.label_names["iliac_vessels"]]
+    # the blood's HU, blurred at the vessels' walls
+    assert abs(float(np.median(vessels)) - 300.0) < 20.0
+    assert "; phantom parameters blood_hu=300" in summarize(
+        [{**row, "overrides": "blood_hu=300"} for row in _rows_of(cases[0])]
+    )
+
+
+def _rows_of(case: Case) -> list[dict]:
+    return [
+        {
+            "seed": case.seed,
+            "preset": case.preset,
+            "position": case.position,
+            "voxel_mm": "2 x 2.5",
+            "side": side,
+            "status": "infeasible",
+            "truth_admits": False,
+            "truth_admits_with_reserve": False,
+            "violations": "",
+            "binding": "core_cortex_clearance",
+            "cross_check_agrees": "",
+        }
+        for side in ("left", "right")
+    ]
+
+
+def test_a_study_written_before_a_column_was_added_resumes(tmp_path, monkeypatch, capsys) -> None:
+    import csv
+
+    from bmbx_phantoms import cohort
+
+    first = cohort_cases(1)[0]
+    out = tmp_path / "cohort.csv"
+    old = [name for name in cohort.FIELDS if name != "overrides"]
+    with out.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=old, restval="", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(_rows_of(first))
+    monkeypatch.setattr(
+        cohort, "run_case", lambda case, cross_check=True, voxel_mm=None: _rows_of(case)
+    )
+    assert cohort.main(["--cases", "2", "--workers", "1", "--out", str(out), "--resume"]) == 0
+    with out.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == cohort.FIELDS
+    assert [int(r["seed"]) for r in rows] == [first.seed] * 2 + [first.seed + 1] * 2
+    assert "phantoms: 2, sides planned: 4" in capsys.readouterr().out
+    # another phantom parameter does not join that study
+    with pytest.raises(SystemExit):
+        cohort.main(["--cases", "3", "--out", str(out), "--resume", "--phantom", "blood_hu=300"])
+    assert "other --phantom parameters" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cohort.main(["--cases", "1", "--phantom", "nope=1"])
+    assert "nope" in capsys.readouterr().err

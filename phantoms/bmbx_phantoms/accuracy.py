@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bmbx_phantoms.cohort import Case, phantom_of, voxel_text_of
+from bmbx_phantoms.cohort import Case, overrides_of, phantom_of, voxel_text_of
 from bmbx_phantoms.labels import TRUTH_LABELS, ilium_labels
 from bmbx_phantoms.study import study_main
 from bmbx_phantoms.truth import truth_anatomy
@@ -124,7 +124,8 @@ def summarize(rows: Sequence[dict[str, Any]]) -> str:
     phantoms = {(r["seed"], r["preset"], r["position"]) for r in rows}
     voxels = sorted({r["voxel_mm"] for r in rows})
     lines = [
-        f"phantoms: {len(phantoms)}, sides: {len(rows)}, CT voxels {' and '.join(voxels)} mm",
+        f"phantoms: {len(phantoms)}, sides: {len(rows)}, CT voxels {' and '.join(voxels)} mm"
+        + overrides_of(rows),
         "",
         "| preset | sides | hip Dice min / mean | marrow Dice min / mean "
         "| sacrum Dice min / mean | PSIS / ASIS / notch apex error max (mm) "

@@ -36,7 +36,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bmbx_phantoms.parameters import PATIENT_POSITIONS, PRESETS, PhantomParameters
+from bmbx_phantoms.parameters import (
+    PATIENT_POSITIONS,
+    PRESETS,
+    PhantomParameters,
+    parse_overrides,
+    resolve_parameters,
+)
 from bmbx_phantoms.phantom import Phantom, make_phantom
 from bmbx_phantoms.truth import truth_anatomy
 
@@ -51,25 +57,43 @@ DESIGNED_INFEASIBLE: dict[tuple[str, str], str] = {
 
 @dataclass(frozen=True)
 class Case:
-    """One phantom of the cohort."""
+    """One phantom of the cohort; ``overrides`` sets phantom parameters over its preset's
+    (``NAME=VALUE`` pairs, see :func:`~bmbx_phantoms.parameters.parse_overrides`)."""
 
     seed: int
     preset: str
     position: str
+    overrides: str = ""
 
 
-def cohort_cases(count: int, *, first_seed: int = 1000) -> list[Case]:
+def cohort_cases(count: int, *, first_seed: int = 1000, overrides: str = "") -> list[Case]:
     """``count`` cases cycling through every preset and, preset round by preset round,
-    every patient position, each with its own seed."""
+    every patient position, each with its own seed (and the same ``overrides``)."""
     presets = sorted(PRESETS)
     return [
         Case(
             seed=first_seed + n,
             preset=presets[n % len(presets)],
             position=PATIENT_POSITIONS[(n // len(presets)) % len(PATIENT_POSITIONS)],
+            overrides=overrides,
         )
         for n in range(count)
     ]
+
+
+def overrides_text(pairs: Sequence[str]) -> str:
+    """The ``--phantom NAME=VALUE`` options of a study as a case's ``overrides``, checked
+    (``ValueError`` for an unknown name or a value out of range)."""
+    text = " ".join(sorted(pairs))
+    resolve_parameters(jitter=False, **parse_overrides(text))
+    return text
+
+
+def overrides_of(rows: Sequence[dict[str, Any]]) -> str:
+    """The phantom parameters a study's rows set over the presets, for its table's
+    header ("" when none)."""
+    texts = sorted({str(r.get("overrides") or "") for r in rows} - {""})
+    return f"; phantom parameters {' and '.join(texts)}" if texts else ""
 
 
 def run_case(
@@ -140,6 +164,7 @@ FIELDS = [
     "seed",
     "preset",
     "position",
+    "overrides",
     "voxel_mm",
     "side",
     "status",
@@ -157,6 +182,20 @@ FIELDS = [
     "seconds",
     "error",
 ]
+
+
+def _rewrite_with_fields(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Give a study's CSV the columns of :data:`FIELDS` (a study written before a column
+    was added), replacing it whole only once the new file is complete."""
+    with path.open(newline="") as handle:
+        if next(csv.reader(handle), None) == FIELDS:
+            return
+    partial_file = path.with_name(path.name + ".partial")
+    with partial_file.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=FIELDS, restval="", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    partial_file.replace(path)
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
@@ -194,6 +233,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> str:
     lines = [
         f"phantoms: {len(cases)}, sides planned: {len(rows)}"
         + (f", CT voxels {' and '.join(voxels)} mm" if voxels else "")
+        + overrides_of(rows)
         + (f"; phantoms that could not be built or run: {len(failed)}" if failed else ""),
         *(f"- seed {r['seed']} {r['preset']} {r['position']}: {r['error']}" for r in failed),
         "",
@@ -257,7 +297,12 @@ def phantom_of(case: Case, voxel_mm: tuple[float, float] | None = None) -> Phant
     grid: dict[str, Any] = {}
     if voxel_mm is not None:
         grid = {"pixel_spacing_mm": voxel_mm[0], "slice_spacing_mm": voxel_mm[1]}
-    return make_phantom(seed=case.seed, position=case.position, preset=case.preset, **grid)
+    return make_phantom(
+        seed=case.seed,
+        position=case.position,
+        preset=case.preset,
+        **{**parse_overrides(case.overrides), **grid},
+    )
 
 
 def _voxel_text(pixel_mm: float, slice_mm: float) -> str:
@@ -334,11 +379,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="CSV",
         help="print the table of a stored study (its --out file) with the code at hand",
     )
+    parser.add_argument(
+        "--phantom",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a phantom parameter over every preset, e.g. blood_hu=300 for an "
+        "arterial phase (repeatable)",
+    )
     args = parser.parse_args(argv)
     if args.summarize is not None:
         print(summarize(_read_rows(args.summarize)))
         return 0
-    cases = cohort_cases(args.cases, first_seed=args.first_seed)
+    try:
+        overrides = overrides_text(args.phantom)
+    except ValueError as error:
+        parser.error(f"--phantom: {error}")
+    cases = cohort_cases(args.cases, first_seed=args.first_seed, overrides=overrides)
     rows: list[dict[str, Any]] = []
     resuming = args.resume and args.out is not None and args.out.exists()
     voxel_mm = None if args.voxel_mm is None else (args.voxel_mm[0], args.voxel_mm[1])
@@ -352,6 +409,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{args.out} holds phantoms of {', '.join(sorted(kept))} mm voxels, not "
                 f"{wanted}: resume with the same --voxel-mm"
             )
+        if {r.get("overrides") or "" for r in rows} - {overrides}:
+            parser.error(f"{args.out} holds phantoms of other --phantom parameters")
+        _rewrite_with_fields(args.out, rows)
         done = {int(r["seed"]) for r in rows}
         cases = [c for c in cases if c.seed not in done]
     with ExitStack() as stack:

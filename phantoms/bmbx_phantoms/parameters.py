@@ -131,6 +131,35 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def parse_overrides(text: str) -> dict[str, Any]:
+    """Parameter overrides written as ``NAME=VALUE`` pairs separated by spaces, a pair's
+    values separated by commas: ``"blood_hu=300 hip_scale=1,0.93"``.
+
+    Raises ``ValueError`` naming an unknown parameter or a value that is not a number.
+    """
+    known = {f.name for f in fields(PhantomParameters)}
+    defaults = PhantomParameters()
+    out: dict[str, Any] = {}
+    for pair in text.split():
+        name, sep, value = pair.partition("=")
+        if not sep or name not in known:
+            raise ValueError(
+                f"{pair!r} names no phantom parameter (NAME=VALUE, NAME one of "
+                f"{', '.join(sorted(known))})"
+            )
+        default = getattr(defaults, name)
+        try:
+            if isinstance(default, tuple):
+                out[name] = tuple(float(v) for v in value.split(","))
+            elif isinstance(default, int):
+                out[name] = int(value)
+            else:
+                out[name] = float(value)
+        except ValueError:
+            raise ValueError(f"phantom parameter {name}: {value!r} is not a number") from None
+    return out
+
+
 def resolve_parameters(
     preset: str = "average", *, seed: int = 0, jitter: bool = True, **overrides: Any
 ) -> PhantomParameters:

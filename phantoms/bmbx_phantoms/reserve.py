@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bmbx_phantoms.cohort import Case, phantom_of, voxel_text_of
+from bmbx_phantoms.cohort import Case, overrides_of, phantom_of, voxel_text_of
 from bmbx_phantoms.study import study_main
 from bmbx_phantoms.truth import truth_anatomy
 
@@ -161,7 +161,8 @@ def summarize(rows: Sequence[dict[str, Any]]) -> str:
     lines = [
         f"CT voxels {voxels} mm; the planner's reserve "
         + ", ".join(f"{v:.2f}" for v in reserves)
-        + " mm",
+        + " mm"
+        + overrides_of(rows),
         "",
         f"phantoms: {len({r['seed'] for r in rows})}, sides: "
         f"{len({(r['seed'], r['side']) for r in rows})}, candidates drawn: {len(rows)}, "

@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bmbx_phantoms.cohort import Case, cohort_cases, in_parallel
+from bmbx_phantoms.cohort import Case, cohort_cases, in_parallel, overrides_text
 
 __all__ = ["study_main"]
 
@@ -59,12 +59,24 @@ def study_main(
         metavar="CSV",
         help="print the table of a stored study (its --out file) with the code at hand",
     )
+    parser.add_argument(
+        "--phantom",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a phantom parameter over every preset, e.g. blood_hu=300 (repeatable)",
+    )
     args = parser.parse_args(argv)
     if args.summarize is not None:
         with args.summarize.open(newline="") as handle:
             print(summarize(list(csv.DictReader(handle))))
         return 0
-    cases = cohort_cases(args.cases, first_seed=args.first_seed)[:: args.step]
+    try:
+        overrides = overrides_text(args.phantom)
+    except ValueError as error:
+        parser.error(f"--phantom: {error}")
+    cases = cohort_cases(args.cases, first_seed=args.first_seed, overrides=overrides)
+    cases = cases[:: args.step]
     voxel_mm = None if args.voxel_mm is None else (args.voxel_mm[0], args.voxel_mm[1])
     rows: Rows = []
     start = time.perf_counter()
