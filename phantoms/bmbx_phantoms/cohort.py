@@ -89,6 +89,42 @@ def overrides_text(pairs: Sequence[str]) -> str:
     return text
 
 
+def add_study_options(parser: argparse.ArgumentParser) -> None:
+    """The options every cohort study takes: the first seed, workers, the phantoms' voxel
+    size and parameters, and ``--summarize`` of a stored study."""
+    parser.add_argument("--first-seed", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--voxel-mm",
+        type=float,
+        nargs=2,
+        metavar=("PIXEL", "SLICE"),
+        help="CT pixel and slice spacing (default: the phantom's, 2.0 and 2.5 mm)",
+    )
+    parser.add_argument(
+        "--phantom",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a phantom parameter over every preset, e.g. blood_hu=300 for an "
+        "arterial phase (repeatable)",
+    )
+    parser.add_argument(
+        "--summarize",
+        type=Path,
+        metavar="CSV",
+        help="print the table of a stored study (its --out file) with the code at hand",
+    )
+
+
+def study_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """The cases' ``overrides`` from ``--phantom`` (a usage error when one is wrong)."""
+    try:
+        return overrides_text(args.phantom)
+    except ValueError as error:
+        parser.error(f"--phantom: {error}")
+
+
 def overrides_of(rows: Sequence[dict[str, Any]]) -> str:
     """The phantom parameters a study's rows set over the presets, for its table's
     header ("" when none)."""
@@ -355,46 +391,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m bmbx_phantoms.cohort", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--cases", type=int, default=200, help="number of phantoms")
-    parser.add_argument("--first-seed", type=int, default=1000)
-    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, help="CSV file with one row per side")
     parser.add_argument(
         "--no-cross-check", action="store_true", help="skip the independent cross-check"
-    )
-    parser.add_argument(
-        "--voxel-mm",
-        type=float,
-        nargs=2,
-        metavar=("PIXEL", "SLICE"),
-        help="CT pixel and slice spacing (default: the phantom's, 2.0 and 2.5 mm)",
     )
     parser.add_argument(
         "--resume",
         action="store_true",
         help="keep the rows already in --out and run only the cases missing there",
     )
-    parser.add_argument(
-        "--summarize",
-        type=Path,
-        metavar="CSV",
-        help="print the table of a stored study (its --out file) with the code at hand",
-    )
-    parser.add_argument(
-        "--phantom",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="set a phantom parameter over every preset, e.g. blood_hu=300 for an "
-        "arterial phase (repeatable)",
-    )
+    add_study_options(parser)
     args = parser.parse_args(argv)
     if args.summarize is not None:
         print(summarize(_read_rows(args.summarize)))
         return 0
-    try:
-        overrides = overrides_text(args.phantom)
-    except ValueError as error:
-        parser.error(f"--phantom: {error}")
+    overrides = study_overrides(parser, args)
     cases = cohort_cases(args.cases, first_seed=args.first_seed, overrides=overrides)
     rows: list[dict[str, Any]] = []
     resuming = args.resume and args.out is not None and args.out.exists()

@@ -12,7 +12,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bmbx_phantoms.cohort import Case, cohort_cases, in_parallel, overrides_text
+from bmbx_phantoms.cohort import (
+    Case,
+    add_study_options,
+    cohort_cases,
+    in_parallel,
+    study_overrides,
+)
 
 __all__ = ["study_main"]
 
@@ -49,32 +55,14 @@ def study_main(
     parser.add_argument(
         "--step", type=int, default=default_step, help="measure every STEP-th phantom"
     )
-    parser.add_argument("--first-seed", type=int, default=1000)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--voxel-mm", type=float, nargs=2, metavar=("PIXEL", "SLICE"))
     parser.add_argument("--out", type=Path, help="CSV file of the rows measured")
-    parser.add_argument(
-        "--summarize",
-        type=Path,
-        metavar="CSV",
-        help="print the table of a stored study (its --out file) with the code at hand",
-    )
-    parser.add_argument(
-        "--phantom",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="set a phantom parameter over every preset, e.g. blood_hu=300 (repeatable)",
-    )
+    add_study_options(parser)
     args = parser.parse_args(argv)
     if args.summarize is not None:
         with args.summarize.open(newline="") as handle:
             print(summarize(list(csv.DictReader(handle))))
         return 0
-    try:
-        overrides = overrides_text(args.phantom)
-    except ValueError as error:
-        parser.error(f"--phantom: {error}")
+    overrides = study_overrides(parser, args)
     cases = cohort_cases(args.cases, first_seed=args.first_seed, overrides=overrides)
     cases = cases[:: args.step]
     voxel_mm = None if args.voxel_mm is None else (args.voxel_mm[0], args.voxel_mm[1])
