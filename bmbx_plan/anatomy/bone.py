@@ -2,7 +2,8 @@
 
 Marrow is not defined by HU: fatty marrow of older adults sits near 0 HU, like muscle.
 A single bone threshold therefore leaves holes; the dense shell is closed over small
-gaps and everything it encloses in 3D becomes bone.
+gaps and everything it encloses in 3D becomes bone. Contrast-filled vessels, as dense as
+marrow, are told from it by their shape, uniformity and surroundings and left out.
 """
 
 from __future__ import annotations
@@ -119,8 +120,8 @@ def contrast_lumina(
     A lumen is a uniform piece of marrow-like density (below :data:`_LUMEN_MAX_HU`),
     thicker than :data:`_LUMEN_RADIUS_MM` on every side, that meets what ``bone`` (the
     first fill) leaves outside on most of its surface; marrow and trabecular bone of
-    that density are enclosed by cortex, and trabecular bone is not uniform. The pieces
-    are looked for on every n-th voxel of a CT finer than :data:`_LUMEN_GRID_MM`.
+    that density are enclosed by cortex, and trabecular bone is not uniform. On a CT
+    finer than :data:`_LUMEN_GRID_MM` the pieces are looked for on blocks of voxels.
     """
     lumina = np.zeros_like(dense)
     box = bounding_box(dense, 1)
