@@ -149,11 +149,9 @@ def contrast_lumina(
     )
     lumen = found[index] & moderate
     near = bounding_box(lumen, int(step.max()) + 1)
-    sub = np.zeros_like(moderate)
-    sub[near] = ndimage.binary_dilation(
+    lumina[box][near] = ndimage.binary_dilation(
         lumen[near], iterations=int(step.max()), mask=moderate[near]
     )
-    lumina[box] = sub
     return lumina
 
 

@@ -221,11 +221,11 @@ FIELDS = [
 
 
 def _rewrite_with_fields(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Give a study's CSV the columns of :data:`FIELDS` (a study written before a column
-    was added), replacing it whole only once the new file is complete."""
-    with path.open(newline="") as handle:
-        if next(csv.reader(handle), None) == FIELDS:
-            return
+    """Give a study's CSV (its ``rows`` as read) the columns of :data:`FIELDS` (a study
+    written before a column was added), replacing it whole only once the new file is
+    complete."""
+    if rows and list(rows[0]) == FIELDS:
+        return
     partial_file = path.with_name(path.name + ".partial")
     with partial_file.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=FIELDS, restval="", extrasaction="ignore")
