@@ -10,8 +10,12 @@ import pytest
 from scipy import ndimage
 
 from bmbx_phantoms import LANDMARK_NAMES, TRUTH_LABELS, make_phantom, write_phantom
+from bmbx_phantoms.atlas import PelvisShape
+from bmbx_phantoms.atlas import landmarks as atlas_landmarks
 from bmbx_phantoms.labels import ilium_labels
+from bmbx_phantoms.pose import thin_posterior_wing
 from bmbx_plan import load_ct
+from bmbx_plan.anatomy.shape_model import default_shape_model
 from bmbx_plan.resample import resample_to
 
 # Small phantoms keep the suite fast; the anatomy is the same at any voxel size.
@@ -194,6 +198,32 @@ def test_thin_wing_preset_thins_one_side_only() -> None:
     assert _wing_thickness_mm(thin, "right") == pytest.approx(
         _wing_thickness_mm(normal, "right"), abs=1e-9
     )  # the right side is untouched
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_thinning_moves_the_tables_toward_each_other_and_keeps_the_notch(seed: int) -> None:
+    """A wing thinned to a fifth: its tables move at most the way to the mid-surface of a
+    wing 30 mm thick, no vertex jumps across the bone (an edge vertex once found the far
+    edge 150 mm away along the wing and moved 125 mm), and the sciatic notch apex, the ASIS
+    and the ischial spine stay within a millimetre of where they were."""
+    model = default_shape_model()
+    coefficients = np.clip(np.random.default_rng(seed).standard_normal(model.n_modes), -2, 2)
+    shape = PelvisShape(*model.shape(coefficients))
+    marks = atlas_landmarks(shape)
+    hip = shape.right_hip
+    thinned = thin_posterior_wing(
+        hip,
+        marks["psis_right"],
+        0.2,
+        sacrum=shape.sacrum,
+        notch_lps_mm=marks["sciatic_notch_apex_right"],
+    )
+    moved = np.linalg.norm(thinned.vertices_lps_mm - hip.vertices_lps_mm, axis=1)
+    assert moved.max() <= 0.8 * 30.0 + 1e-9
+    assert np.count_nonzero(moved > 1.0) > 500  # the wing is thinned
+    for name in ("sciatic_notch_apex", "asis", "ischial_spine"):
+        vertex = np.argmin(np.linalg.norm(hip.vertices_lps_mm - marks[f"{name}_right"], axis=1))
+        assert moved[vertex] < 1.0, name
 
 
 def test_truth_names_and_required_labels(series: dict[str, Path]) -> None:

@@ -338,7 +338,7 @@ def make_phantom(
         shape, source = _choose_shape(rng_shape, params, shape_model or default_shape_model())
     raw = landmarks(shape)
     posing: dict[str, Any] = {
-        "psis": (raw["psis_left"], raw["psis_right"]),
+        "marks": raw,
         "yaw_deg": params.yaw_deg,
         "roll_deg": params.roll_deg,
         "pitch_deg": params.pitch_deg,

@@ -17,8 +17,15 @@ _WING_INNER_MM, _WING_OUTER_MM = 70.0, 100.0
 # The auricular surface stays put (the SI joint must stay closed): no thinning within the
 # first distance of the sacrum, full thinning beyond the second.
 _SACRUM_KEEP_MM, _SACRUM_FREE_MM = 6.0, 16.0
-# The opposite table is searched along the inward normal within this radius of the line.
+# The greater sciatic notch stays put too: the bone around its apex is no wing but the
+# thick body of the ilium above the notch.
+_NOTCH_KEEP_MM, _NOTCH_FREE_MM = 15.0, 30.0
+# The opposite table is searched along the inward normal within this radius of the line,
+# and no farther than the thickest part of the posterior wing: a vertex on the bone's edge
+# (the crest, the spine of the PSIS) looks along the wing's plane, and what it meets
+# there, up to 150 mm away, is the far edge, not a table.
 _OPPOSITE_RADIUS_MM = 3.0
+_MAX_THICKNESS_MM = 30.0
 
 
 def rotation_matrix(*, yaw_deg: float, roll_deg: float, pitch_deg: float) -> NDArray[np.float64]:
@@ -39,14 +46,20 @@ def _about(matrix: NDArray[np.float64], centre: NDArray[np.float64]) -> NDArray[
 
 
 def thin_posterior_wing(
-    hip: Mesh, psis_lps_mm: NDArray[np.float64], scale: float, *, sacrum: Mesh
+    hip: Mesh,
+    psis_lps_mm: NDArray[np.float64],
+    scale: float,
+    *,
+    sacrum: Mesh,
+    notch_lps_mm: NDArray[np.float64],
 ) -> Mesh:
     """Scale the thickness of the iliac wing around the PSIS by ``scale``.
 
     Each vertex near the PSIS looks along its inward normal for the opposite table and
     moves toward the midpoint between the two, so the local thickness ``t`` becomes
     ``scale * t`` while the mid-surface of the wing stays where it was. The auricular
-    surface next to the sacrum is kept; the table opposite it moves the whole way.
+    surface next to the sacrum is kept; the table opposite it moves the whole way. The
+    bone around the apex of the greater sciatic notch (``notch_lps_mm``) is kept.
     """
     if scale == 1.0:
         return hip
@@ -60,6 +73,8 @@ def thin_posterior_wing(
     )
     gap, _ = cKDTree(sacrum.vertices_lps_mm).query(verts)
     weight *= np.clip((gap - _SACRUM_KEEP_MM) / (_SACRUM_FREE_MM - _SACRUM_KEEP_MM), 0.0, 1.0)
+    notch = np.linalg.norm(verts - notch_lps_mm, axis=1)
+    weight *= np.clip((notch - _NOTCH_KEEP_MM) / (_NOTCH_FREE_MM - _NOTCH_KEEP_MM), 0.0, 1.0)
     new = verts.copy()
     for idx in np.nonzero(weight > 0)[0]:
         inward = -normals[idx]
@@ -67,7 +82,9 @@ def thin_posterior_wing(
         along = rel @ inward
         perp = np.linalg.norm(rel - along[:, None] * inward, axis=1)
         facing = normals @ inward > 0.3  # the opposite table faces the other way
-        candidates = np.nonzero((along > 0.5) & (perp < _OPPOSITE_RADIUS_MM) & facing)[0]
+        candidates = np.nonzero(
+            (along > 0.5) & (along < _MAX_THICKNESS_MM) & (perp < _OPPOSITE_RADIUS_MM) & facing
+        )[0]
         if candidates.size == 0:
             continue
         opposite = candidates[np.argmin(along[candidates])]
@@ -81,7 +98,7 @@ def thin_posterior_wing(
 def pose_shape(
     shape: PelvisShape,
     *,
-    psis: tuple[NDArray[np.float64], NDArray[np.float64]],
+    marks: dict[str, NDArray[np.float64]],
     yaw_deg: float = 0.0,
     roll_deg: float = 0.0,
     pitch_deg: float = 0.0,
@@ -90,15 +107,25 @@ def pose_shape(
 ) -> PelvisShape:
     """Apply wing thinning, per-side scale and a rotation about the pelvis centroid.
 
-    ``psis`` are the (left, right) PSIS of ``shape`` before posing; they anchor the
-    thinned region.
+    ``marks`` are the landmarks of ``shape`` before posing (:func:`bmbx_phantoms.atlas.
+    landmarks`): each side's PSIS anchors its thinned region, its sciatic notch is kept.
     """
     hips = []
     sacrum_tree = cKDTree(shape.sacrum.vertices_lps_mm)
-    for hip, anchor, size, thick in zip(
-        (shape.left_hip, shape.right_hip), psis, hip_scale, wing_thickness_scale, strict=True
+    for side, hip, size, thick in zip(
+        ("left", "right"),
+        (shape.left_hip, shape.right_hip),
+        hip_scale,
+        wing_thickness_scale,
+        strict=True,
     ):
-        hip = thin_posterior_wing(hip, anchor, thick, sacrum=shape.sacrum)
+        hip = thin_posterior_wing(
+            hip,
+            marks[f"psis_{side}"],
+            thick,
+            sacrum=shape.sacrum,
+            notch_lps_mm=marks[f"sciatic_notch_apex_{side}"],
+        )
         if size != 1.0:
             # Scale about the auricular surface so the SI joint stays closed.
             gap, _ = sacrum_tree.query(hip.vertices_lps_mm)
