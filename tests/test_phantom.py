@@ -203,9 +203,9 @@ def test_thin_wing_preset_thins_one_side_only() -> None:
 @pytest.mark.parametrize("seed", [3, 4, 5])
 def test_thinning_moves_the_tables_toward_each_other_and_keeps_the_notch(seed: int) -> None:
     """A wing thinned to a fifth: its tables move at most the way to the mid-surface of a
-    wing 30 mm thick, no vertex jumps across the bone (an edge vertex once found the far
-    edge 150 mm away along the wing and moved 125 mm), and the sciatic notch apex, the ASIS
-    and the ischial spine stay within a millimetre of where they were."""
+    wing 30 mm thick, no vertex jumps across the bone (an edge vertex looking along the
+    wing meets the far edge up to 150 mm away), and the sciatic notch apex, the ASIS and
+    the ischial spine stay within a millimetre of where they were."""
     model = default_shape_model()
     coefficients = np.clip(np.random.default_rng(seed).standard_normal(model.n_modes), -2, 2)
     shape = PelvisShape(*model.shape(coefficients))
