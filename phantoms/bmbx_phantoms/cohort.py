@@ -125,6 +125,11 @@ def study_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error(f"--phantom: {error}")
 
 
+def study_voxel_mm(args: argparse.Namespace) -> tuple[float, float] | None:
+    """The CT's (pixel, slice) spacing from ``--voxel-mm`` (None: the phantom's own)."""
+    return None if args.voxel_mm is None else (args.voxel_mm[0], args.voxel_mm[1])
+
+
 def overrides_of(rows: Sequence[dict[str, Any]]) -> str:
     """The phantom parameters a study's rows set over the presets, for its table's
     header ("" when none)."""
@@ -409,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases = cohort_cases(args.cases, first_seed=args.first_seed, overrides=overrides)
     rows: list[dict[str, Any]] = []
     resuming = args.resume and args.out is not None and args.out.exists()
-    voxel_mm = None if args.voxel_mm is None else (args.voxel_mm[0], args.voxel_mm[1])
+    voxel_mm = study_voxel_mm(args)
     if resuming:
         rows = _read_rows(args.out)
         default = PhantomParameters()

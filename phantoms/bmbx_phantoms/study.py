@@ -18,6 +18,7 @@ from bmbx_phantoms.cohort import (
     cohort_cases,
     in_parallel,
     study_overrides,
+    study_voxel_mm,
 )
 
 __all__ = ["study_main"]
@@ -65,7 +66,7 @@ def study_main(
     overrides = study_overrides(parser, args)
     cases = cohort_cases(args.cases, first_seed=args.first_seed, overrides=overrides)
     cases = cases[:: args.step]
-    voxel_mm = None if args.voxel_mm is None else (args.voxel_mm[0], args.voxel_mm[1])
+    voxel_mm = study_voxel_mm(args)
     rows: Rows = []
     start = time.perf_counter()
     measured = in_parallel(
