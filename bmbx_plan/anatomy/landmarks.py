@@ -107,8 +107,12 @@ _COARSE_POINTS = 800
 _COARSE_ITERATIONS = 8
 # A start shifted along S-I is tried when the data are this much shorter than the model.
 _SHIFT_MIN_MM = 10.0
-# Stage 2 ties each bone's similarity to the shared one with this relative weight.
-_BONE_ANCHOR_WEIGHT = 0.05
+# Sacrum re-seating before stage 2 (see _seat_sacrum): start shifts along the pelvis's
+# S-I and A-P axes (about one sacral segment and half of one), and how far (median
+# vertex move) the best seat must lie from the present one to be tried.
+_SACRUM_RISE_MM = (-20.0, -10.0, 0.0, 10.0, 20.0)
+_SACRUM_DEPTH_MM = (-10.0, 0.0, 10.0)
+_SACRUM_MOVE_MM = 5.0
 # Iterations stop when the fitted vertices moved less than this (RMS, mm).
 _CONVERGED_MM = (0.3, 0.1)  # shared-pose stage, per-bone stage
 # Model->data correspondences use every second vertex (about 4 mm apart on the hips):
@@ -408,49 +412,47 @@ def fit_shape_model(
             )
         )
 
-    mean = model.mean_lps_mm
-    modes = _pose_free_modes(mean, model.modes_mm)
-    flat_modes = modes.reshape(len(modes), -1)
-    start, start_note = _initial_pose(bones, mean)
+    basis = _Basis.of(model)
+    start, start_note = _initial_pose(bones, basis.mean)
     notes.extend(start_note)
 
-    coefficients = np.zeros(model.n_modes)
-    transforms = np.repeat(start[np.newaxis], 3, axis=0)
-    shared = start
-    centres = np.stack([bone.tree_points.mean(axis=0) for bone in bones])
-    iterations = 0
-    converged = False
-    stages = (False, True) if per_bone else (False,)
-    for separate in stages:
-        converged = False
-        for _ in range(max_iterations):
-            iterations += 1
-            shape = mean + _combine(coefficients, flat_modes).reshape(mean.shape)
-            before = _apply_each(transforms, shape)
-            pairs = _correspondences(bones, before, grid)
-            normals = _vertex_normals(before, model.faces)
-            shared, transforms, coefficients = _gauss_newton_step(
-                pairs,
-                vertices=before,
-                normals=normals,
-                shared=shared,
-                transforms=transforms,
-                coefficients=coefficients,
-                modes=modes,
-                centres=centres if separate else None,
-                regularization_mm2=regularization_mm2,
-            )
-            after = _apply_each(
-                transforms, mean + _combine(coefficients, flat_modes).reshape(mean.shape)
-            )
-            if np.sqrt(np.mean(np.sum((after - before) ** 2, axis=-1))) < _CONVERGED_MM[separate]:
-                converged = True
-                break
-    if not converged:
+    state = _refine(
+        _State(start, np.repeat(start[np.newaxis], 3, axis=0), np.zeros(model.n_modes)),
+        bones,
+        basis,
+        grid,
+        per_bone=False,
+        max_iterations=max_iterations,
+        regularization_mm2=regularization_mm2,
+    )
+    if per_bone:
+        # Stage 2 from where stage 1 left the sacrum, and from the best re-seated sacrum
+        # when that differs; the fit that matches the masks better wins.
+        trials = [state]
+        seated = _seat_sacrum(bones[2], state.vertices(basis)[2], state.shared[:3, :3], grid)
+        if seated is not None:
+            moved = state.transforms.copy()
+            moved[2] = seated @ moved[2]
+            trials.append(_State(state.shared, moved, state.coefficients, state.iterations))
+        state = min(
+            (
+                _refine(
+                    trial,
+                    bones,
+                    basis,
+                    grid,
+                    per_bone=True,
+                    max_iterations=max_iterations,
+                    regularization_mm2=regularization_mm2,
+                )
+                for trial in trials
+            ),
+            key=lambda fitted: _trimmed_cost(bones, fitted.vertices(basis), grid),
+        )
+    if not state.converged:
         notes.append(f"the fit did not converge within {max_iterations} iterations per stage")
 
-    shape = mean + _combine(coefficients, flat_modes).reshape(mean.shape)
-    vertices = _apply_each(transforms, shape)
+    vertices = state.vertices(basis)
     meshes = tuple(Mesh(vertices[b], model.faces[b]) for b in range(3))
     pairs = _correspondences(bones, vertices, grid)
     gate = _gate(pairs.data_to_model_mm)
@@ -481,22 +483,158 @@ def fit_shape_model(
             f"only {100 * explained_fraction:.0f} % of the mask surface lies within "
             f"{gate:.1f} mm of the fitted model (extra bone in the masks, or a poor fit)"
         )
-    clipped = np.flatnonzero(np.abs(coefficients) >= _SD_LIMIT - 1e-9)
+    clipped = np.flatnonzero(np.abs(state.coefficients) >= _SD_LIMIT - 1e-9)
     if clipped.size:
         notes.append(f"mode(s) {', '.join(str(m) for m in clipped)} clipped at +-{_SD_LIMIT} SD")
     return ShapeFit(
         meshes=meshes,
-        transform=shared,
-        bone_transforms=transforms,
-        coefficients_sd=coefficients,
+        transform=state.shared,
+        bone_transforms=state.transforms,
+        coefficients_sd=state.coefficients,
         rms_mm=float(np.sqrt(np.mean(residual**2))) if residual.size else float("nan"),
         p95_mm=float(np.percentile(residual, 95)) if residual.size else float("nan"),
         explained_fraction=explained_fraction,
         covered_fraction=covered,
         partial=partial,
-        iterations=iterations,
+        iterations=state.iterations,
         grid=grid,
         notes=tuple(notes),
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class _Basis:
+    """The model as the fit uses it: mean (3, N, 3), pose-free modes (M, 3, N, 3), faces."""
+
+    mean: NDArray[np.float64]
+    modes: NDArray[np.float64]
+    faces: tuple[NDArray[np.int64], ...]
+
+    @classmethod
+    def of(cls, model: ShapeModel) -> _Basis:
+        return cls(
+            model.mean_lps_mm, _pose_free_modes(model.mean_lps_mm, model.modes_mm), model.faces
+        )
+
+    def shape(self, coefficients: NDArray[np.float64]) -> NDArray[np.float64]:
+        flat = self.modes.reshape(len(self.modes), -1)
+        return self.mean + _combine(coefficients, flat).reshape(self.mean.shape)
+
+
+@dataclass(frozen=True, eq=False)
+class _State:
+    """Where the fit stands: shared pose, per-bone poses, mode coefficients."""
+
+    shared: NDArray[np.float64]
+    transforms: NDArray[np.float64]
+    coefficients: NDArray[np.float64]
+    iterations: int = 0
+    converged: bool = False
+
+    def vertices(self, basis: _Basis) -> NDArray[np.float64]:
+        return _apply_each(self.transforms, basis.shape(self.coefficients))
+
+
+def _refine(
+    state: _State,
+    bones: Sequence[_Bone],
+    basis: _Basis,
+    grid: Volume,
+    *,
+    per_bone: bool,
+    max_iterations: int,
+    regularization_mm2: float,
+) -> _State:
+    """One stage of alternating correspondences and joint Gauss-Newton steps."""
+    centres = np.stack([bone.tree_points.mean(axis=0) for bone in bones]) if per_bone else None
+    shared, transforms, coefficients = state.shared, state.transforms, state.coefficients
+    iterations = state.iterations
+    for _ in range(max_iterations):
+        iterations += 1
+        before = _apply_each(transforms, basis.shape(coefficients))
+        shared, transforms, coefficients = _gauss_newton_step(
+            _correspondences(bones, before, grid),
+            vertices=before,
+            normals=_vertex_normals(before, basis.faces),
+            shared=shared,
+            transforms=transforms,
+            coefficients=coefficients,
+            modes=basis.modes,
+            centres=centres,
+            regularization_mm2=regularization_mm2,
+        )
+        after = _apply_each(transforms, basis.shape(coefficients))
+        if np.sqrt(np.mean(np.sum((after - before) ** 2, axis=-1))) < _CONVERGED_MM[per_bone]:
+            return _State(shared, transforms, coefficients, iterations, converged=True)
+    return _State(shared, transforms, coefficients, iterations, converged=False)
+
+
+def _seat_sacrum(
+    bone: _Bone, vertices: NDArray[np.float64], frame: NDArray[np.float64], grid: Volume
+) -> NDArray[np.float64] | None:
+    """A rigid move (4x4, LPS -> LPS) of the fitted sacrum to a clearly better seat, or None.
+
+    The sacrum's height and depth between the hips vary between people more than the
+    shape modes reach from the mean shape, and once the correspondence gate has tightened
+    the pairs no longer see a sacrum 15-20 mm away: stage 1 can end with the sacrum a
+    segment too low. Rigid ICP from starts shifted along the pelvis's own S-I and A-P axes
+    (``frame``: columns L, P, S of the fitted pose) finds the best seat; it is returned
+    when it lies more than ``_SACRUM_MOVE_MM`` from the present one, and the caller lets
+    the per-bone stage from both seats decide.
+    """
+    model = vertices[:: 2 * _MODEL_STRIDE]  # about 6 mm apart: plenty for a rigid seat
+    axes = frame / np.linalg.norm(frame, axis=0)
+    seats = []
+    for rise in _SACRUM_RISE_MM:
+        for depth in _SACRUM_DEPTH_MM:
+            pose = np.eye(4)
+            pose[:3, 3] = rise * axes[:, 2] + depth * axes[:, 1]
+            for _ in range(_COARSE_ITERATIONS):
+                index, target, weight, _ = _closest_both_ways(
+                    bone, bone.coarse, _apply(pose, model), grid
+                )
+                pose = _similarity(model[index], target, weight, scale=False)
+            cost = _closest_both_ways(bone, bone.coarse, _apply(pose, model), grid)[3]
+            seats.append((cost, pose))
+    best = min(seats, key=lambda seat: seat[0])[1]
+    moved = np.linalg.norm(_apply(best, model) - model, axis=1)
+    return best if np.median(moved) > _SACRUM_MOVE_MM else None
+
+
+def _closest_both_ways(
+    bone: _Bone, data: NDArray[np.float64], vertices: NDArray[np.float64], grid: Volume
+) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64], float]:
+    """Trimmed closest-point pairs between ``data`` and one bone's ``vertices``, both ways.
+
+    Returns the vertex index and data point of each pair, weights giving each direction
+    the same total, and the RMS of the kept distances. Model vertices outside the scan
+    are left out (a cut scan cannot show them).
+    """
+    near, index = cKDTree(vertices).query(data)
+    keep = near <= np.quantile(near, _TRIM_QUANTILE)
+    visible = np.flatnonzero(grid.contains_lps(vertices))
+    back, found = bone.tree.query(vertices[visible])
+    keep_back = back <= np.quantile(back, _TRIM_QUANTILE) if len(visible) else back > 0
+    parts = [(index[keep], data[keep], near[keep])]
+    if keep_back.any():
+        parts.append((visible[keep_back], bone.tree_points[found[keep_back]], back[keep_back]))
+    return (
+        np.concatenate([vertex for vertex, _, _ in parts]),
+        np.concatenate([point for _, point, _ in parts]),
+        np.concatenate([np.full(len(d), 1 / len(d)) for _, _, d in parts]),
+        float(np.sqrt(np.mean([np.mean(d**2) for _, _, d in parts]))),
+    )
+
+
+def _trimmed_cost(bones: Sequence[_Bone], vertices: NDArray[np.float64], grid: Volume) -> float:
+    """Mean over the bones of the trimmed two-way RMS distance between mask and model."""
+    return float(
+        np.mean(
+            [
+                _closest_both_ways(bone, bone.sample, vertices[b], grid)[3]
+                for b, bone in enumerate(bones)
+            ]
+        )
     )
 
 
