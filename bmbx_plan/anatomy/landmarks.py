@@ -447,7 +447,7 @@ def fit_shape_model(
                 )
                 for trial in trials
             ),
-            key=lambda fitted: _trimmed_cost(bones, fitted.vertices(basis), grid),
+            key=lambda fitted: _match_cost(bones, fitted.vertices(basis), grid),
         )
     if not state.converged:
         notes.append(f"the fit did not converge within {max_iterations} iterations per stage")
@@ -626,16 +626,21 @@ def _closest_both_ways(
     )
 
 
-def _trimmed_cost(bones: Sequence[_Bone], vertices: NDArray[np.float64], grid: Volume) -> float:
-    """Mean over the bones of the trimmed two-way RMS distance between mask and model."""
-    return float(
-        np.mean(
-            [
-                _closest_both_ways(bone, bone.sample, vertices[b], grid)[3]
-                for b, bone in enumerate(bones)
-            ]
-        )
-    )
+def _match_cost(bones: Sequence[_Bone], vertices: NDArray[np.float64], grid: Volume) -> float:
+    """How well fitted bones match their masks: the RMS of the mask->model and (in-scan)
+    model->mask distances, each capped at ``_GATE_FLOOR_MM``, averaged over the bones.
+
+    Capped, not trimmed: a first-pass mask can hold a lot of bone that is not its own (a
+    hip mask that took part of the sacrum); a trimmed RMS is then ruled by those far
+    points, a capped one by how closely the fit follows the rest.
+    """
+    costs = []
+    for b, bone in enumerate(bones):
+        near, _ = cKDTree(vertices[b]).query(bone.sample)
+        back, _ = bone.tree.query(vertices[b][grid.contains_lps(vertices[b])])
+        both = [np.mean(np.minimum(d, _GATE_FLOOR_MM) ** 2) for d in (near, back) if d.size]
+        costs.append(np.sqrt(np.mean(both)))
+    return float(np.mean(costs))
 
 
 def _surface_distance(mesh: Mesh, points: NDArray[np.float64]) -> NDArray[np.float64]:
