@@ -572,13 +572,14 @@ def _refine(
 def _seat_sacrum(
     bone: _Bone, vertices: NDArray[np.float64], frame: NDArray[np.float64], grid: Volume
 ) -> NDArray[np.float64] | None:
-    """A rigid move (4x4, LPS -> LPS) of the fitted sacrum to a clearly better seat, or None.
+    """A rigid move (4x4, LPS -> LPS) of the fitted sacrum to another seat, or None.
 
     The sacrum's height and depth between the hips vary between people more than the
     shape modes reach from the mean shape, and once the correspondence gate has tightened
     the pairs no longer see a sacrum 15-20 mm away: stage 1 can end with the sacrum a
     segment too low. Rigid ICP from starts shifted along the pelvis's own S-I and A-P axes
-    (``frame``: columns L, P, S of the fitted pose) finds the best seat; it is returned
+    (``frame``: columns L, P, S of the fitted pose) finds the seat whose trimmed two-way
+    RMS to the sacrum mask is lowest; it is returned
     when it lies more than ``_SACRUM_MOVE_MM`` from the present one, and the caller lets
     the per-bone stage from both seats decide.
     """
