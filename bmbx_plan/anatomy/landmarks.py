@@ -549,9 +549,10 @@ def _refine(
     centres = np.stack([bone.tree_points.mean(axis=0) for bone in bones]) if per_bone else None
     shared, transforms, coefficients = state.shared, state.transforms, state.coefficients
     iterations = state.iterations
+    after = _apply_each(transforms, basis.shape(coefficients))
     for _ in range(max_iterations):
         iterations += 1
-        before = _apply_each(transforms, basis.shape(coefficients))
+        before = after
         shared, transforms, coefficients = _gauss_newton_step(
             _correspondences(bones, before, grid),
             vertices=before,
@@ -615,7 +616,7 @@ def _closest_both_ways(
     keep = near <= np.quantile(near, _TRIM_QUANTILE)
     visible = np.flatnonzero(grid.contains_lps(vertices))
     back, found = bone.tree.query(vertices[visible])
-    keep_back = back <= np.quantile(back, _TRIM_QUANTILE) if len(visible) else back > 0
+    keep_back = back <= np.quantile(back, _TRIM_QUANTILE) if back.size else np.zeros(0, bool)
     parts = [(index[keep], data[keep], near[keep])]
     if keep_back.any():
         parts.append((visible[keep_back], bone.tree_points[found[keep_back]], back[keep_back]))
