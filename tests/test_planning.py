@@ -10,7 +10,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from bmbx_phantoms import make_phantom
+from bmbx_phantoms import TRUTH_LABELS, make_phantom
 from bmbx_phantoms.truth import truth_anatomy
 from bmbx_plan import Anatomy, Planner, PlanningParameters, segment_pelvis
 from bmbx_plan.planning.constraints import (
@@ -529,3 +529,37 @@ def test_proposals_that_fail_as_drawn_give_an_infeasible_plan_with_its_reasons(
     assert plan.candidates_evaluated > 10_000
     assert "re-checked as drawn" in plan.reasons[0]
     assert any(r.startswith("Binding: core_length") for r in plan.reasons)
+
+
+def test_the_skin_is_where_the_path_leaves_the_body_however_deep_and_oblique() -> None:
+    # Obese phantom (115 mm of soft tissue behind the PSIS): the planner walks each path
+    # back from its cortex entry to the skin on its planning grid. A path that left the
+    # grid inside the body was taken to have reached the skin at the grid's edge, up to
+    # 8 mm short of it on steep paths (a too-short needle, tissue never checked). Here the
+    # skin depth of the planner's own candidates is compared with a slow walk along each
+    # line over the phantom's whole truth label volume.
+    phantom = make_phantom(seed=21, preset="obese", position="HFP")
+    truth = truth_anatomy(phantom)
+    planner = Planner(truth, PlanningParameters(reserve_mm=0.0).with_overrides(needle="11G-150"))
+    found = planner.candidates("left")
+    assert not isinstance(found, str)
+    labels = np.asarray(phantom.labels.array)
+    body = (labels != 0) & (labels != TRUTH_LABELS["table"])
+    reach = 140.0 - planner.parameters.seat_depth_mm - planner.parameters.min_core_length_mm
+    rng = np.random.default_rng(0)
+    steep = np.flatnonzero(found.axial_deg > 40.0)
+    rows = np.concatenate([rng.choice(steep, 150), rng.choice(found.count, 150)])
+    t = np.arange(0.0, reach + 20.0, 0.25)
+    for n in rows:
+        line = found.cortex_entry[n] - t[:, None] * found.direction[n]
+        index = np.rint(phantom.ct.lps_to_index(line)).astype(int)
+        on = np.all((index >= 0) & (index < np.array(body.shape)), axis=1)
+        inside = np.zeros(len(t), bool)
+        inside[on] = body[tuple(index[on].T)]
+        out = np.flatnonzero(~inside & (t > 2.0))
+        skin = t[out[0]] if len(out) else np.inf
+        found_skin = found.skin_to_cortex_mm[n]
+        if skin > reach:  # beyond the needle's reach: the planner must not see it nearer
+            assert found_skin > reach - 1.0, (n, skin, found_skin)
+        else:  # path step 1 mm, planning grid 1 mm against the CT's 2 mm voxels
+            assert abs(found_skin - skin) <= 2.5, (n, skin, found_skin)

@@ -137,7 +137,10 @@ def evaluate(
     flat, on_grid = fields.lookup(points)
     inside = fields.inside.reshape(-1)[flat] & on_grid
     if skin_to_cortex_mm is None:
-        outside = ~inside
+        # Leaving the planning grid is not reaching the skin: the grid holds every path
+        # the needle can take, and one that leaves it has not been seen to end (without
+        # skin, bone-only data, the skin entry is where the path leaves the view).
+        outside = ~inside if not fields.has_skin else on_grid & ~inside
         found = outside.any(axis=1)
         first_out = np.argmax(outside, axis=1)
         # the skin lies between the last sample inside and the first outside; a path

@@ -23,7 +23,7 @@ from bmbx_plan.anatomy.bone import bounding_box
 from bmbx_plan.anatomy.external import TRAVERSED_RISK_GROUPS
 from bmbx_plan.anatomy.landmarks import si_joint_points
 from bmbx_plan.distance import distance_mm
-from bmbx_plan.planning.parameters import PlanningParameters, Side
+from bmbx_plan.planning.parameters import NEEDLES, PlanningParameters, Side
 from bmbx_plan.resample import resample_to
 from bmbx_plan.volume import Volume
 
@@ -34,14 +34,16 @@ Mask = NDArray[np.bool_]
 
 #: Path slack of voxels a needle may not cross at all (bone, gas, keep-out zones).
 BLOCKED_MM = -1000.0
-# Around the PSIS, how far the planning grid reaches beyond the entry search radius
-# (laterally, anteriorly, cranio-caudally; the core lies within about 40 mm of its
-# cortex entry) and medially (skin entries lie near the midline, 30-50 mm medial to the
-# PSIS). Posteriorly it reaches to the back of the scan. Samples outside the grid count
-# as blocked: the planner never proposes a path it could not see.
+# Around the PSIS the planning grid reaches this far beyond the entry search radius
+# laterally, anteriorly and cranio-caudally (the core lies within about 40 mm of its
+# cortex entry), and medially at least this far beyond the midline (skin entries of a
+# slim patient lie near it, 30-50 mm medial to the PSIS). Medially, posteriorly and
+# cranio-caudally it also holds the longest path the longest catalogue needle of this
+# diameter can take back from a cortex entry within the cone of directions. Samples
+# outside the grid count as blocked, and a path does not reach the skin by leaving the
+# grid: the planner never proposes a path it could not see.
 _REACH_MM = 60.0
 _MEDIAL_REACH_MM = 50.0
-_MAX_POSTERIOR_MM = 170.0
 # The outer-cortex normal is the gradient of the ilium mask smoothed over this scale
 # (voxel staircases would tilt a raw gradient by up to 45 degrees).
 _NORMAL_SIGMA_MM = 2.0
@@ -201,28 +203,35 @@ class SideFields:
         return trees
 
 
-def _planning_grid(ct: Volume, anatomy: Anatomy, side: Side, grid_mm: float) -> Volume:
+def _planning_grid(
+    ct: Volume, anatomy: Anatomy, side: Side, parameters: PlanningParameters
+) -> Volume:
     """The isotropic LPS-aligned box around this side's PSIS that the planner looks at."""
+    grid_mm = float(parameters.grid_mm)
     psis = anatomy.landmarks_lps_mm[f"psis_{side.value}"]
     bounds = ct.bounds_lps_mm()
     ls = side.lateral_sign
-    reach = _REACH_MM + 40.0  # beyond the largest default entry search radius
+    radius = parameters.entry_search_radius_mm
+    reach = radius + _REACH_MM
+    path = max(
+        n.usable_length_mm
+        for n in (parameters.needle, *NEEDLES.values())
+        if n.outer_diameter_mm == parameters.needle.outer_diameter_mm
+    )
+    medial = radius + path * np.sin(np.radians(parameters.max_axial_angle_deg))
+    cranio = max(reach, radius + path * np.sin(np.radians(parameters.max_craniocaudal_limit_deg)))
     x_lateral = psis[0] + ls * reach
     x_medial = min(
-        psis[0] - ls * reach, anatomy.midline_x_mm - ls * _MEDIAL_REACH_MM, key=lambda v: ls * v
+        psis[0] - ls * max(reach, medial),
+        anatomy.midline_x_mm - ls * _MEDIAL_REACH_MM,
+        key=lambda v: ls * v,
     )
-    lo = np.array(
-        [
-            min(x_lateral, x_medial),
-            psis[1] - reach,
-            psis[2] - reach,
-        ]
-    )
+    lo = np.array([min(x_lateral, x_medial), psis[1] - reach, psis[2] - cranio])
     hi = np.array(
         [
             max(x_lateral, x_medial),
-            min(float(bounds[1, 1]), psis[1] + _MAX_POSTERIOR_MM),
-            psis[2] + reach,
+            min(float(bounds[1, 1]), psis[1] + radius + path),
+            psis[2] + cranio,
         ]
     )
     lo = np.maximum(lo, bounds[0] - grid_mm)
@@ -331,7 +340,7 @@ def side_fields(anatomy: Anatomy, side: Side | str, parameters: PlanningParamete
     side = Side.parse(side)
     ct = anatomy.labels
     g = float(parameters.grid_mm)
-    grid = _planning_grid(ct, anatomy, side, g)
+    grid = _planning_grid(ct, anatomy, side, parameters)
     # one resampling: labels (< 128) with the cortex in the top bit, 255 outside the CT
     code = np.asarray(anatomy.labels.array, np.uint8) | (anatomy.cortex.astype(np.uint8) << 7)
     coded = np.asarray(resample_to(ct.with_array(code), grid, order=0, fill_value=255).array)

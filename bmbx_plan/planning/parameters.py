@@ -198,6 +198,8 @@ class PlanningParameters:
             "entry_search_radius_mm",
             "grid_mm",
         )
+        if isinstance(self.needle, str):  # a catalogue name, as with_overrides takes it
+            object.__setattr__(self, "needle", needle_named(self.needle))
         for name in positive:
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
