@@ -24,6 +24,7 @@ from bmbx_plan.anatomy.bone import DEFAULT_BONE_THRESHOLD_HU, cortical_band, seg
 from bmbx_plan.anatomy.external import ExternalMasks, load_external_masks
 from bmbx_plan.anatomy.landmarks import ShapeFit, fit_shape_model, pelvis_landmarks
 from bmbx_plan.anatomy.pelvis import PelvisBones, joint_clefts, joint_sheets, split_pelvis
+from bmbx_plan.anatomy.shape_model import ShapeModel
 from bmbx_plan.distance import distance_mm
 from bmbx_plan.io.errors import InputError
 from bmbx_plan.mesh import voxelize
@@ -404,7 +405,13 @@ def _label_map(split: PelvisBones) -> NDArray[np.uint8]:
 
 
 def _split_bones(
-    ct: Volume, bone: Mask, bone_threshold_hu: float, say: Progress, source: str, span: str
+    ct: Volume,
+    bone: Mask,
+    bone_threshold_hu: float,
+    say: Progress,
+    source: str,
+    span: str,
+    model: ShapeModel | None,
 ) -> tuple[PelvisBones, ShapeFit, list[str]]:
     """Hip bones, sacrum, spine and femurs on the CT grid, and the fitted shape model.
 
@@ -432,7 +439,9 @@ def _split_bones(
         )
     say("landmarks")
     try:
-        fit = fit_shape_model(split.ilium_left, split.ilium_right, split.sacrum, work.coarse)
+        fit = fit_shape_model(
+            split.ilium_left, split.ilium_right, split.sacrum, work.coarse, model=model
+        )
     except ValueError as exc:
         raise NoPelvisError(source, f"the bones do not form a pelvis ({exc}); {span}") from None
     if fit.rms_mm > _MAX_FIT_RMS_MM:
@@ -558,6 +567,7 @@ def segment_pelvis(
     *,
     bone_threshold_hu: float = DEFAULT_BONE_THRESHOLD_HU,
     masks: str | Path | None = None,
+    shape_model: ShapeModel | None = None,
     progress: Progress | None = None,
 ) -> Anatomy:
     """Segment the pelvis of a CT for biopsy planning.
@@ -571,6 +581,11 @@ def segment_pelvis(
     masks : path, optional
         External masks (a TotalSegmentator output folder or multilabel file) whose risk
         structures are resampled onto the CT.
+    shape_model : ShapeModel, optional
+        The statistical shape model fitted to the bones (it separates them where no joint
+        space shows and places the landmarks). Defaults to the packaged model of the 30
+        JHU atlas pelves; any model in atlas correspondence serves, e.g. one built with
+        :func:`~bmbx_plan.anatomy.shape_model.build_shape_model` from other pelves.
     progress : callable, optional
         Called with a short description before each step.
 
@@ -585,6 +600,7 @@ def segment_pelvis(
     anatomy = _segment(
         canonical if canonical is not None else ct,
         bone_threshold_hu=bone_threshold_hu,
+        shape_model=shape_model,
         progress=progress,
     )
     if canonical is not None and not np.allclose(canonical.affine_lps, ct.affine_lps):
@@ -621,6 +637,7 @@ def _segment(
     ct: Volume,
     *,
     bone_threshold_hu: float,
+    shape_model: ShapeModel | None,
     progress: Progress | None,
 ) -> Anatomy:
     say = progress or (lambda _msg: None)
@@ -641,7 +658,9 @@ def _segment(
             source, f"no bone found (nothing above {bone_threshold_hu:.0f} HU forms bone); {span}"
         )
     say("hip bones and sacrum")
-    split, fit, split_notes = _split_bones(ct, bone, bone_threshold_hu, say, source, span)
+    split, fit, split_notes = _split_bones(
+        ct, bone, bone_threshold_hu, say, source, span, shape_model
+    )
     del bone
     notes.extend(split_notes)
     parts = {

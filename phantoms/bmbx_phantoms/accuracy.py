@@ -31,9 +31,17 @@ from bmbx_phantoms.study import study_main
 from bmbx_phantoms.truth import truth_anatomy
 
 if TYPE_CHECKING:
+    from bmbx_phantoms.phantom import Phantom
     from bmbx_plan.anatomy.segment import Anatomy
 
-__all__ = ["LANDMARKS", "dice", "measure_case", "si_distance_optimism", "summarize"]
+__all__ = [
+    "LANDMARKS",
+    "accuracy_rows",
+    "dice",
+    "measure_case",
+    "si_distance_optimism",
+    "summarize",
+]
 
 #: Landmarks whose error is measured (per side).
 LANDMARKS = ("psis", "asis", "sciatic_notch_apex")
@@ -77,7 +85,16 @@ def measure_case(
     start = time.perf_counter()
     phantom = phantom_of(case, voxel_mm)
     anatomy = segment_pelvis(phantom.ct)
-    seconds = time.perf_counter() - start
+    seconds = round(time.perf_counter() - start, 1)
+    return [
+        {**asdict(case), "voxel_mm": voxel_text_of(phantom), **row, "seconds": seconds}
+        for row in accuracy_rows(phantom, anatomy)
+    ]
+
+
+def accuracy_rows(phantom: Phantom, anatomy: Anatomy) -> list[dict[str, Any]]:
+    """The segmentation ``anatomy`` of ``phantom`` compared with its truth, one row per
+    side (``side`` and the measures of :func:`measure_case`)."""
     truth = truth_anatomy(phantom)
     labels = np.asarray(phantom.labels.array)
     sacrum = labels == TRUTH_LABELS["sacrum"]
@@ -89,8 +106,6 @@ def measure_case(
         found_hip = anatomy.ilium(side)
         optimism = si_distance_optimism(anatomy, truth, side)
         row: dict[str, Any] = {
-            **asdict(case),
-            "voxel_mm": voxel_text_of(phantom),
             "side": side,
             "dice_hip": round(dice(found_hip, hip), 4),
             "dice_marrow": round(dice(anatomy.marrow(side), labels == marrow), 4),
@@ -101,7 +116,6 @@ def measure_case(
             # nan when the truth has no marrow near its joint (nothing to compare)
             "si_optimism_p999_mm": round(_percentile(optimism, 99.9), 2),
             "si_optimism_max_mm": round(_percentile(optimism, 100.0), 2),
-            "seconds": round(seconds, 1),
         }
         for name in LANDMARKS:
             found = anatomy.landmarks_lps_mm[f"{name}_{side}"]

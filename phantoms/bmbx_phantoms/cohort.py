@@ -34,7 +34,7 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bmbx_phantoms.parameters import (
     PATIENT_POSITIONS,
@@ -46,13 +46,27 @@ from bmbx_phantoms.parameters import (
 from bmbx_phantoms.phantom import Phantom, make_phantom
 from bmbx_phantoms.truth import truth_anatomy
 
-__all__ = ["DESIGNED_INFEASIBLE", "Case", "cohort_cases", "run_case", "summarize"]
+if TYPE_CHECKING:
+    from bmbx_plan.anatomy import Anatomy
+
+__all__ = [
+    "DESIGNED_INFEASIBLE",
+    "Case",
+    "cohort_cases",
+    "plan_rows",
+    "run_case",
+    "summarize",
+]
 
 #: Sides built to admit no safe core, and the constraint that must bind there.
 DESIGNED_INFEASIBLE: dict[tuple[str, str], str] = {
     ("thin_wing_left", "left"): "core_cortex_clearance",
     ("no_safe_right", "right"): "core_cortex_clearance",
 }
+
+
+#: Any study's case type (the cohort's :class:`Case` or another study's).
+CaseT = TypeVar("CaseT")
 
 
 @dataclass(frozen=True)
@@ -144,24 +158,34 @@ def run_case(
 
     ``voxel_mm`` is the CT's (pixel spacing, slice spacing); by default the phantom's."""
     from bmbx_plan import segment_pelvis
-    from bmbx_plan.planning import Planner, PlanningParameters
 
     start = time.perf_counter()
     phantom = phantom_of(case, voxel_mm)
     anatomy = segment_pelvis(phantom.ct)
+    rows = []
+    for row in plan_rows(phantom, anatomy, cross_check=cross_check):
+        row["seconds"] = round(time.perf_counter() - start, 1)
+        rows.append({**asdict(case), "voxel_mm": voxel_text_of(phantom), **row})
+    return rows
+
+
+def plan_rows(
+    phantom: Phantom, anatomy: Anatomy, *, cross_check: bool = True
+) -> Iterator[dict[str, Any]]:
+    """Plan each side of ``phantom`` on its segmentation ``anatomy`` and judge the plan
+    on the truth: the study's columns from ``side`` on, one row per side as it is done."""
+    from bmbx_plan.planning import Planner, PlanningParameters
+
     truth = truth_anatomy(phantom)
     planner = Planner(anatomy)
     exact = Planner(truth, PlanningParameters(reserve_mm=0.0))
     # the truth planned with the reserve the planner keeps on the CT: a plan that exists
     # only within that reserve of a limit cannot be found safely from a segmentation
     robust = Planner(truth, PlanningParameters(reserve_mm=planner.reserve_mm))
-    rows = []
     for side in ("left", "right"):
         plan = planner.plan(side, cross_check=cross_check)
         admits = exact.plan(side, cross_check=False)
         row: dict[str, Any] = {
-            **asdict(case),
-            "voxel_mm": voxel_text_of(phantom),
             "side": side,
             "status": plan.status,
             "needle": plan.needle or "",
@@ -195,9 +219,7 @@ def run_case(
             row["core_length_mm"] = round(plan.metrics.core_length_mm, 1)
             if plan.cross_check is not None:
                 row["cross_check_agrees"] = plan.cross_check.agrees
-        row["seconds"] = round(time.perf_counter() - start, 1)
-        rows.append(row)
-    return rows
+        yield row
 
 
 #: Columns of the study's CSV, one row per side (or one per case that failed to run).
@@ -380,7 +402,7 @@ def _run_or_report(
 
 
 def in_parallel(
-    run: Callable[[Case], list[dict[str, Any]]], cases: Iterable[Case], workers: int
+    run: Callable[[CaseT], list[dict[str, Any]]], cases: Iterable[CaseT], workers: int
 ) -> Iterator[list[dict[str, Any]]]:
     """``run`` of each case in order, in ``workers`` processes (``run`` must pickle)."""
     if workers <= 1:
