@@ -119,6 +119,25 @@ def test_checking_the_plan_reproduces_its_verdict(
     # the checker finds the cortex by walking the line in 0.25 mm steps on a 1 mm grid
     assert np.linalg.norm(check.trajectory.cortex_entry_lps_mm - t.cortex_entry_lps_mm) < 1.0
     assert check.metrics.core_length_mm == pytest.approx(plan.metrics.core_length_mm, abs=1.0)
+    assert not any("under the skin" in r for r in check.reasons)
+
+
+def test_a_skin_entry_drawn_under_the_skin_is_called_out(
+    phantom_case: tuple[object, Anatomy, Planner], plans: dict[str, object]
+) -> None:
+    _, _, planner = phantom_case
+    t = plans["right"].trajectory
+    deeper = t.skin_entry_lps_mm + 12.0 * t.direction_lps
+    check = planner.check("right", deeper, t.core_end_lps_mm)
+    said = [r for r in check.reasons if "under the skin" in r]
+    assert len(said) == 1
+    # the line is walked back in 1 mm steps on a 1 mm grid
+    depth = float(said[0].split("about ")[1].split(" mm")[0])
+    assert depth == pytest.approx(12.0, abs=1.5)
+    # the same line drawn from a point in the air behind the skin: nothing to say
+    outside = t.skin_entry_lps_mm - 5.0 * t.direction_lps
+    reasons = planner.check("right", outside, t.core_end_lps_mm).reasons
+    assert not any("under the skin" in r or "inside the body" in r for r in reasons)
 
 
 def test_every_proposal_passes_when_checked_as_drawn(
