@@ -38,9 +38,10 @@ from bmbx_phantoms.phantom import make_phantom
 
 __all__ = ["AtlasCase", "atlas_study_cases", "measure_atlas_case", "summarize"]
 
-#: The atlas of the data folder beside the project.
-DEFAULT_ATLAS = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "atlas"
-DEFAULT_ATLAS = DEFAULT_ATLAS / "pelvis_surfaces"
+#: The atlas in the data folder beside the project's checkout.
+DEFAULT_ATLAS = (
+    Path(__file__).resolve().parents[3] / "shared" / "data" / "atlas" / "pelvis_surfaces"
+)
 #: Phantom seeds (habitus jitter, tissue, noise) are this plus the case's place in the atlas.
 FIRST_SEED = 7000
 #: A landmark error above this (mm) is counted (the accuracy goal).
