@@ -19,7 +19,7 @@ from bmbx_plan.geometry import axial_and_craniocaudal_angles_deg
 from bmbx_plan.planning.fields import BLOCKED_MM, SideFields
 from bmbx_plan.planning.parameters import RESERVE_SHARES, PlanningParameters
 
-__all__ = ["CORE_STEP_MM", "PATH_STEP_MM", "Evaluation", "evaluate"]
+__all__ = ["CORE_STEP_MM", "PATH_STEP_MM", "SKIN_TOLERANCE_MM", "Evaluation", "evaluate"]
 
 FloatArray = NDArray[np.float64]
 
@@ -34,6 +34,14 @@ CORE_STEP_MM = 0.5
 # tuberosity on its way in).
 _ENTRY_ZONE_MM = 2.0
 _CLEAR_SLOPE = 0.4
+# The skin is located between the last path sample inside the body and the first one
+# outside by this many halvings of the step (to 1/8 mm), so that the search and the
+# checker, sampling the same line from slightly different cortex entries, find the same
+# skin within a quarter of a millimetre.
+_SKIN_HALVINGS = 3
+#: A drawn skin entry farther under the skin than this (mm) is judged from the skin: the
+#: needle crosses that tissue too and needs that much more length.
+SKIN_TOLERANCE_MM = 0.25
 
 
 @dataclass(frozen=True)
@@ -108,8 +116,10 @@ def evaluate(
         ``parameters.core_length_mm`` that keeps every core margin, but at least
         ``parameters.min_core_length_mm`` (a shorter safe core fails the core checks).
     skin_to_cortex_mm : (N,) ndarray, optional
-        Given skin entries (the checker); by default the skin is where the path, walked
-        back from the cortex entry, leaves the body.
+        Drawn skin entries (the checker). By default the skin is where the path, walked
+        back from the cortex entry, leaves the body; a drawn entry more than
+        :data:`SKIN_TOLERANCE_MM` under that skin is judged from the skin (the needle
+        crosses the tissue behind it too), one in the air before it from where it is.
     reserve_mm : float
         The default core length keeps every core margin with this reserve.
 
@@ -126,30 +136,23 @@ def evaluate(
     margins = parameters.margins_mm
 
     # --- soft-tissue path, walked back from the cortex entry --------------------------
-    if skin_to_cortex_mm is None:
-        reach = parameters.needle.usable_length_mm - seat - parameters.min_core_length_mm
-    else:
-        reach = float(np.nanmax(skin_to_cortex_mm)) if n else 0.0
+    reach = parameters.needle.usable_length_mm - seat - parameters.min_core_length_mm
+    if skin_to_cortex_mm is not None:
+        # a drawn line is followed back as far as the needle can reach, or its entry
+        reach = max(float(np.nanmax(skin_to_cortex_mm)) if n else 0.0, reach)
     steps = max(int(np.ceil(reach / PATH_STEP_MM)), 1)
     t = PATH_STEP_MM * np.arange(1, steps + 1, dtype=np.float32)
     c32, d32 = c.astype(np.float32), d.astype(np.float32)
     points = c32[:, None, :] - t[None, :, None] * d32[:, None, :]
     flat, on_grid = fields.lookup(points)
-    inside = fields.inside.reshape(-1)[flat] & on_grid
-    if skin_to_cortex_mm is None:
-        # Leaving the planning grid is not reaching the skin: the grid holds every path
-        # the needle can take, and one that leaves it has not been seen to end (without
-        # skin, bone-only data, the skin entry is where the path leaves the view).
-        outside = ~inside if not fields.has_skin else on_grid & ~inside
-        found = outside.any(axis=1)
-        first_out = np.argmax(outside, axis=1)
-        # the skin lies between the last sample inside and the first outside; a path
-        # that stays inside is at least as long as it was followed
-        skin = np.where(found, t[first_out] - 0.5 * PATH_STEP_MM, t[-1] + 0.5 * PATH_STEP_MM)
-        before = np.arange(steps)[None, :] < np.where(found, first_out, steps)[:, None]
-    else:
-        skin = np.asarray(skin_to_cortex_mm, np.float64).reshape(n)
-        before = t[None, :] < skin[:, None]
+    skin = _skin_distance(fields, c32, d32, t, flat, on_grid)
+    if skin_to_cortex_mm is not None:
+        drawn = np.asarray(skin_to_cortex_mm, np.float64).reshape(n)
+        if fields.has_skin:
+            skin = np.where(skin > drawn + SKIN_TOLERANCE_MM, skin, drawn)
+        else:
+            skin = drawn
+    before = t[None, :] < skin[:, None]
     slack = np.where(on_grid, _sample(fields.path_slack_mm, flat), BLOCKED_MM)
     # the needle axis must leave the target ilium behind at once, its surface by the
     # needle radius further back
@@ -190,15 +193,15 @@ def evaluate(
     safe_core = np.maximum(tb[np.maximum(first_bad - 1, 0)] - seat, 0.0)
     safe_core = np.where(first_bad == len(tb), longest, safe_core)
     if core_length_mm is None:
-        fits = safe_core
+        fits = safe_core  # on the core's sampling steps: its end keeps every margin
         if fields.has_skin:
-            # a deep skin entry shortens the core to what the needle reaches (reserve kept)
+            # A deep skin entry shortens the core to what the needle reaches (reserve
+            # kept). That end lies before the first sample that breaks a margin, with
+            # samples keeping them on both sides: it need not fall on a step.
             reached = parameters.needle.usable_length_mm - extra["needle_length"] - seat - skin
             fits = np.minimum(safe_core, reached)
         core_len = np.clip(
-            np.floor(fits / CORE_STEP_MM) * CORE_STEP_MM,
-            min(parameters.min_core_length_mm + extra["core_length"], longest),
-            longest,
+            fits, min(parameters.min_core_length_mm + extra["core_length"], longest), longest
         )
     else:
         core_len = np.broadcast_to(np.asarray(core_length_mm, np.float64), (n,)).copy()
@@ -234,6 +237,43 @@ def evaluate(
         craniocaudal_deg=cranio,
         longest_safe_core_mm=safe_core.astype(np.float64),
     )
+
+
+def _skin_distance(
+    fields: SideFields,
+    c: NDArray[np.float32],
+    d: NDArray[np.float32],
+    t: NDArray[np.float32],
+    flat: NDArray[np.intp],
+    on_grid: NDArray[np.bool_],
+) -> FloatArray:
+    """How far back from each cortex entry ``c`` the path along ``-d`` leaves the body,
+    from its samples at ``t``: between the last sample inside and the first outside,
+    narrowed by halving. A path that stays inside is at least as long as it was followed.
+
+    Leaving the planning grid is not reaching the skin: the grid holds every path the
+    needle can take, and one that leaves it has not been seen to end (without skin,
+    bone-only data, the skin entry is where the path leaves the view)."""
+
+    def outside_at(flat: NDArray[np.intp], on: NDArray[np.bool_]) -> NDArray[np.bool_]:
+        within = fields.inside.reshape(-1)[flat] & on
+        return ~within if not fields.has_skin else on & ~within
+
+    outside = outside_at(flat, on_grid)
+    found = outside.any(axis=1)
+    first = np.argmax(outside, axis=1)
+    rows = np.flatnonzero(found)
+    high = t[first[rows]].astype(np.float64)  # outside
+    low = high - PATH_STEP_MM  # inside (or the cortex entry)
+    for _ in range(_SKIN_HALVINGS):
+        middle = 0.5 * (low + high)
+        points = c[rows] - middle.astype(np.float32)[:, None] * d[rows]
+        out = outside_at(*fields.lookup(points))
+        high = np.where(out, middle, high)
+        low = np.where(out, low, middle)
+    skin = np.full(len(c), float(t[-1]) + 0.5 * PATH_STEP_MM)
+    skin[rows] = 0.5 * (low + high)
+    return skin
 
 
 def _path_depth(

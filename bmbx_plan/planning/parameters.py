@@ -91,17 +91,17 @@ NEEDLES: dict[str, Needle] = {
 #: The search's reserve beyond each hard limit, in units of the reserve (mm; degrees for
 #: the incidence), measured by ``python -m bmbx_phantoms.reserve``: candidates near their
 #: limits, drawn as a user would draw them and checked on the segmentation and on the
-#: phantom's truth (150 sides, 2 x 2.5 mm voxels, a reserve of 1.25 mm). The needle's
-#: reach is fixed by the drawn line and the skin, air against tissue: the segmentation
-#: moved it by nothing. The core length moves with the cortex entry (by up to 1.3 mm
-#: where the truth failed), the cortical tables by up to 0.7 mm and the SI joint, often
-#: narrow or partly fused, by up to 1.8 mm where nothing else rejected the candidate
-#: (2.2 mm along the 11G-150's deeper paths, measured later). With one share for the SI
-#: joint the safety study proposed a needle 4.7 mm from the true joint: it keeps two.
+#: phantom's truth (2 x 2.5 mm voxels, a reserve of 1.25 mm). The needle's reach runs from
+#: where the line leaves the body, air against tissue: the segmentation never moved it,
+#: so it keeps no reserve. The core length moves with the cortex entry (by 0.25 mm at the
+#: 99.9th percentile), the cortical tables by up to 0.7 mm and the SI joint, often narrow
+#: or partly fused, by up to 1.8 mm where nothing else rejected the candidate (2.2 mm
+#: along the 11G-150's deeper paths). With one share for the SI joint the safety study
+#: proposed a needle 4.7 mm from the true joint: it keeps two.
 RESERVE_SHARES: dict[str, float] = {
-    "needle_length": 0.5,
+    "needle_length": 0.0,
     "cortex_incidence": 1.0,
-    "core_length": 1.0,
+    "core_length": 0.5,
     "core_cortex_clearance": 0.5,
     "sciatic_notch": 1.0,
     "si_joint": 2.0,
@@ -169,7 +169,8 @@ class PlanningParameters:
     reserve_mm : float or None
         The search keeps the hard limits with this reserve, in the shares of
         :data:`RESERVE_SHARES` (the SI joint twice it; the cortical tables and the
-        needle's reach half of it; the incidence 1 deg per mm), so that a proposed plan
+        minimum core half of it; the incidence 1 deg per mm; the needle's reach, from
+        the skin, none), so that a proposed plan
         still passes when the true anatomy differs from the segmentation by about a
         voxel. Checks judge at the limits themselves. None: half the CT's largest voxel
         dimension, between :data:`MIN_RESERVE_MM` (1.25) and 2 mm.

@@ -22,7 +22,7 @@ from bmbx_plan.planning.constraints import (
     kept,
 )
 from bmbx_plan.planning.describe import describe, trajectory_of
-from bmbx_plan.planning.evaluate import CORE_STEP_MM, PATH_STEP_MM, Evaluation, evaluate
+from bmbx_plan.planning.evaluate import CORE_STEP_MM, SKIN_TOLERANCE_MM, Evaluation, evaluate
 from bmbx_plan.planning.fields import SideFields, side_fields
 from bmbx_plan.planning.parameters import NEEDLES, Needle, PlanningParameters, Side
 from bmbx_plan.planning.ranking import distinct, pareto_front, score
@@ -49,8 +49,6 @@ _PARETO_KEEP = 10
 _DRAWN_TRIES = 200
 # The checker walks the line from the skin entry in steps this fine to find the cortex.
 _CHECK_STEP_MM = 0.25
-# A drawn skin entry under the skin is looked for this far back along the line (mm).
-_SKIN_SEARCH_MM = 200.0
 
 
 def _sides(side: str | Side) -> tuple[Side, ...]:
@@ -471,7 +469,10 @@ class Planner:
         core is cut), both LPS mm.
 
         The cortex entry is where the line first enters the ilium; the core starts
-        ``seat_depth_mm`` beyond it and ends at the target.
+        ``seat_depth_mm`` beyond it and ends at the target. A skin entry drawn under the
+        skin is judged from where the line leaves the body (the needle crosses that
+        tissue too): the plan's skin entry is there, and a reason line says how deep the
+        drawn one lies.
         """
         side = Side.parse(side)
         fields = self.fields(side)
@@ -485,7 +486,7 @@ class Planner:
             missed = ConstraintResult("reaches_ilium", "hard", False, None, None, "", message)
             return self._nothing(side, message, (missed,))
         plan = self._plan_of(fields, row, status="check")
-        under = _depth_under_skin(fields, skin, target - skin)
+        under = _depth_under_skin(row, skin)
         if under is not None:
             plan = replace(plan, reasons=(*plan.reasons, under))
         if cross_check and plan.trajectory is not None:
@@ -538,36 +539,17 @@ class Planner:
         return drawn, bool(ok.all())
 
 
-def _depth_under_skin(fields: SideFields, skin: FloatArray, toward: FloatArray) -> str | None:
-    """A sentence when a drawn skin entry lies more than a step of the path under the
-    skin, with how far (the line is walked back from it to where it leaves the body):
-    the needle crosses that tissue too, and it is neither checked nor counted in the
-    needle's length. None on the skin, outside it, or without skin in the CT."""
-    if not fields.has_skin:
-        return None
-    back = -toward / np.linalg.norm(toward)
-    t = np.arange(0.0, _SKIN_SEARCH_MM, PATH_STEP_MM)
-    flat, on_grid = fields.lookup((skin + t[:, None] * back).astype(np.float32))
-    outside = on_grid & ~fields.inside.reshape(-1)[flat]
-    left_grid = ~on_grid
-    ends = np.flatnonzero(outside | left_grid)
-    if not len(ends):
-        return None
-    first = int(ends[0])
-    if left_grid[first]:
-        if first == 0:  # drawn from beyond the planning region: that path is blocked
-            return None
-        return (
-            "The line behind the skin entry leaves the planning region still inside the "
-            f"body (after {t[first]:.0f} mm): put the skin entry on the skin."
-        )
-    depth = float(t[first]) - 0.5 * PATH_STEP_MM
-    if depth <= PATH_STEP_MM:
+def _depth_under_skin(row: Evaluation, drawn_skin: FloatArray) -> str | None:
+    """A sentence when the drawn skin entry of ``row`` (one trajectory, as drawn) lies
+    under the skin: the line is judged from where it leaves the body."""
+    drawn = float(np.linalg.norm(row.cortex_entry[0] - drawn_skin))
+    depth = float(row.skin_to_cortex_mm[0]) - drawn
+    if depth <= SKIN_TOLERANCE_MM:
         return None
     return (
-        f"The skin entry lies about {depth:.0f} mm under the skin (the line leaves the body "
-        f"{depth:.0f} mm further back): that tissue is not checked and the needle needs "
-        f"{depth:.0f} mm more length. Put the skin entry on the skin."
+        f"The drawn skin entry lies {depth:.1f} mm under the skin: the line is judged from "
+        f"where it leaves the body, {depth:.1f} mm further back, and the needle needs that "
+        "much more length."
     )
 
 
