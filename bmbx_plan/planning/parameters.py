@@ -91,12 +91,12 @@ NEEDLES: dict[str, Needle] = {
 #: The search's reserve beyond each hard limit, in units of the reserve (mm; degrees for
 #: the incidence), measured by ``python -m bmbx_phantoms.reserve``: candidates near their
 #: limits, drawn as a user would draw them and checked on the segmentation and on the
-#: phantom's truth (2 x 2.5 mm voxels, a reserve of 1.25 mm). The needle's reach runs from
-#: where the line leaves the body, air against tissue: the segmentation never moved it,
-#: so it keeps no reserve. The core length moves with the cortex entry (by 0.25 mm at the
-#: 99.9th percentile), the cortical tables by up to 0.7 mm and the SI joint, often narrow
-#: or partly fused, by up to 1.8 mm where nothing else rejected the candidate (2.2 mm
-#: along the 11G-150's deeper paths). With one share for the SI joint the safety study
+#: phantom's truth (19,192 lines on 22 phantoms, 2 x 2.5 mm voxels, a reserve of 1.25 mm;
+#: ``benchmarks/results/reserve_25.txt``). The needle's reach runs from where the line
+#: leaves the body, air against tissue: the segmentation never moved it, so it keeps no
+#: reserve. The core length moves with the cortex entry (by up to 1.5 mm, never where the
+#: truth failed it), the cortical tables by up to 1.5 mm and the SI joint, often narrow
+#: or partly fused, by up to 2.2 mm. With one share for the SI joint the safety study
 #: proposed a needle 4.7 mm from the true joint: it keeps two.
 RESERVE_SHARES: dict[str, float] = {
     "needle_length": 0.0,
