@@ -137,21 +137,24 @@ def evaluate(
 
     # --- soft-tissue path, walked back from the cortex entry --------------------------
     reach = parameters.needle.usable_length_mm - seat - parameters.min_core_length_mm
+    drawn = None
     if skin_to_cortex_mm is not None:
-        # a drawn line is followed back as far as the needle can reach, or its entry
-        reach = max(float(np.nanmax(skin_to_cortex_mm)) if n else 0.0, reach)
+        drawn = np.asarray(skin_to_cortex_mm, np.float64).reshape(n)
+        farthest = float(np.nanmax(drawn)) if n else 0.0
+        # with skin, a drawn line is followed back as far as the needle can reach (or
+        # its entry, if farther) to find where it leaves the body; without, to its entry
+        reach = max(farthest, reach) if fields.has_skin else farthest
     steps = max(int(np.ceil(reach / PATH_STEP_MM)), 1)
     t = PATH_STEP_MM * np.arange(1, steps + 1, dtype=np.float32)
     c32, d32 = c.astype(np.float32), d.astype(np.float32)
     points = c32[:, None, :] - t[None, :, None] * d32[:, None, :]
     flat, on_grid = fields.lookup(points)
-    skin = _skin_distance(fields, c32, d32, t, flat, on_grid)
-    if skin_to_cortex_mm is not None:
-        drawn = np.asarray(skin_to_cortex_mm, np.float64).reshape(n)
-        if fields.has_skin:
+    if drawn is not None and not fields.has_skin:
+        skin = drawn
+    else:
+        skin = _skin_distance(fields, c32, d32, t, flat, on_grid)
+        if drawn is not None:
             skin = np.where(skin > drawn + SKIN_TOLERANCE_MM, skin, drawn)
-        else:
-            skin = drawn
     before = t[None, :] < skin[:, None]
     slack = np.where(on_grid, _sample(fields.path_slack_mm, flat), BLOCKED_MM)
     # the needle axis must leave the target ilium behind at once, its surface by the
@@ -255,8 +258,10 @@ def _skin_distance(
     needle can take, and one that leaves it has not been seen to end (without skin,
     bone-only data, the skin entry is where the path leaves the view)."""
 
-    def outside_at(flat: NDArray[np.intp], on: NDArray[np.bool_]) -> NDArray[np.bool_]:
-        within = fields.inside.reshape(-1)[flat] & on
+    body = fields.inside.reshape(-1)
+
+    def outside_at(index: NDArray[np.intp], on: NDArray[np.bool_]) -> NDArray[np.bool_]:
+        within = body[index] & on
         return ~within if not fields.has_skin else on & ~within
 
     outside = outside_at(flat, on_grid)
