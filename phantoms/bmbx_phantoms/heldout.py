@@ -7,13 +7,15 @@ in its own coordinates), segmented with a shape model built from the *other* atl
 pelves (leave one out), then measured like :mod:`bmbx_phantoms.accuracy` and planned
 and judged on its truth like :mod:`bmbx_phantoms.cohort`. With ``--seen`` the same
 phantoms are segmented with the packaged model, which holds every atlas pelvis: the
-difference between the two runs is what an unseen shape costs.
+difference between the two runs is what an unseen shape costs. With ``--reserve`` the
+reserve study's lines (:mod:`bmbx_phantoms.reserve`) are drawn on each segmentation and
+judged on its truth instead: how far an unseen shape moves each hard constraint.
 
 Presets and patient positions cycle over the atlas pelves as in the cohort.
 
 Run::
 
-    python -m bmbx_phantoms.heldout --workers 2 --out heldout.csv [--seen]
+    python -m bmbx_phantoms.heldout --workers 2 --out heldout.csv [--seen] [--reserve]
     python -m bmbx_phantoms.heldout --summarize heldout.csv
 """
 
@@ -27,14 +29,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bmbx_phantoms import accuracy, cohort
+from bmbx_phantoms import accuracy, cohort, reserve
 from bmbx_phantoms.atlas import atlas_cases, load_pelvis
 from bmbx_phantoms.parameters import PATIENT_POSITIONS, PRESETS
 from bmbx_phantoms.phantom import make_phantom
+
+if TYPE_CHECKING:
+    from bmbx_phantoms.phantom import Phantom
+    from bmbx_plan import Anatomy
 
 __all__ = ["AtlasCase", "atlas_study_cases", "measure_atlas_case", "summarize"]
 
@@ -94,12 +100,11 @@ def _model_without(atlas: str, name: str) -> Any:
     return build_shape_model(shapes, case_ids=others, n_modes=N_MODES)
 
 
-def measure_atlas_case(case: AtlasCase, *, plan: bool = True) -> list[dict[str, Any]]:
-    """Segment the case's phantom (with the model that leaves it out, or the packaged
-    one), compare with the truth and, with ``plan``, plan and judge each side."""
+def _segmented(case: AtlasCase) -> tuple[Phantom, Anatomy, dict[str, Any]]:
+    """The case's phantom, its segmentation (with the model that leaves it out, or the
+    packaged one) and the columns that describe it."""
     from bmbx_plan import segment_pelvis
 
-    start = time.perf_counter()
     phantom = make_phantom(
         seed=case.seed,
         position=case.position,
@@ -117,6 +122,14 @@ def measure_atlas_case(case: AtlasCase, *, plan: bool = True) -> list[dict[str, 
         "overrides": "",
         "voxel_mm": cohort.voxel_text_of(phantom),
     }
+    return phantom, anatomy, common
+
+
+def measure_atlas_case(case: AtlasCase, *, plan: bool = True) -> list[dict[str, Any]]:
+    """Segment the case's phantom, compare with the truth and, with ``plan``, plan and
+    judge each side."""
+    start = time.perf_counter()
+    phantom, anatomy, common = _segmented(case)
     rows = [{**common, **row} for row in accuracy.accuracy_rows(phantom, anatomy)]
     if plan:
         for row, planned in zip(rows, cohort.plan_rows(phantom, anatomy), strict=True):
@@ -126,9 +139,17 @@ def measure_atlas_case(case: AtlasCase, *, plan: bool = True) -> list[dict[str, 
     return rows
 
 
-def _measure_or_report(case: AtlasCase, *, plan: bool) -> list[dict[str, Any]]:
+def reserve_lines(case: AtlasCase) -> list[dict[str, Any]]:
+    """The reserve study's lines (:func:`bmbx_phantoms.reserve.judged_lines`) drawn on
+    the case's segmentation and judged on its truth: how far an unseen shape moves each
+    hard constraint."""
+    phantom, anatomy, common = _segmented(case)
+    return reserve.judged_lines(phantom, anatomy, common, seed=case.seed)
+
+
+def _measure_or_report(case: AtlasCase, *, plan: bool, lines: bool) -> list[dict[str, Any]]:
     try:
-        return measure_atlas_case(case, plan=plan)
+        return reserve_lines(case) if lines else measure_atlas_case(case, plan=plan)
     except Exception as error:  # reported in the table, not hidden
         return [
             {
@@ -149,6 +170,8 @@ def summarize(rows: Sequence[dict[str, Any]]) -> str:
     the safety table of :mod:`bmbx_phantoms.cohort`."""
     failed = [r for r in rows if r.get("status") == "error"]
     done = [r for r in rows if r.get("status") != "error"]
+    if done and "passes_on_segmentation" in done[0]:
+        return reserve.summarize(done)
     if not done:
         return "no phantom could be measured"
     models = sorted({str(r["model"]) for r in done})
@@ -196,6 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--seen", action="store_true", help="segment with the packaged model (holds every case)"
     )
     parser.add_argument("--no-plan", action="store_true", help="measure the segmentation only")
+    parser.add_argument(
+        "--reserve",
+        action="store_true",
+        help="draw and judge the reserve study's lines instead (python -m bmbx_phantoms.reserve)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="processes")
     parser.add_argument("--out", type=Path, help="CSV file with one row per side")
     parser.add_argument("--summarize", type=Path, metavar="CSV", help="print a stored study")
@@ -211,15 +239,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
-    run = partial(_measure_or_report, plan=not args.no_plan)
+    run = partial(_measure_or_report, plan=not args.no_plan, lines=args.reserve)
     for n, (case, case_rows) in enumerate(
         zip(cases, cohort.in_parallel(run, cases, args.workers), strict=True), start=1
     ):
         rows.extend(case_rows)
-        text = ", ".join(
-            f"{r['side']} {r.get('status', '')} hip {r.get('dice_hip', '-')} "
-            f"PSIS {r.get('psis_error_mm', '-')} mm"
-            for r in case_rows
+        text = (
+            f"{len(case_rows)} lines"
+            if args.reserve
+            else ", ".join(
+                f"{r['side']} {r.get('status', '')} hip {r.get('dice_hip', '-')} "
+                f"PSIS {r.get('psis_error_mm', '-')} mm"
+                for r in case_rows
+            )
         )
         print(
             f"[{n}/{len(cases)} {time.perf_counter() - start:.0f} s] atlas {case.name} "

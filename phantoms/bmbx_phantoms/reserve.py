@@ -32,9 +32,11 @@ from bmbx_phantoms.study import study_main
 from bmbx_phantoms.truth import truth_anatomy
 
 if TYPE_CHECKING:
+    from bmbx_phantoms.phantom import Phantom
+    from bmbx_plan import Anatomy
     from bmbx_plan.planning import Planner
 
-__all__ = ["kept_with_reserve", "measure_case", "summarize"]
+__all__ = ["judged_lines", "kept_with_reserve", "measure_case", "summarize"]
 
 #: Candidates per side nearest each limit, and drawn at random among the passing ones.
 NEAREST = 25
@@ -52,27 +54,32 @@ _PROBED = (
 
 
 def measure_case(case: Case, *, voxel_mm: tuple[float, float] | None = None) -> list[dict]:
-    """One row per drawn candidate: its needle, its line and, per hard constraint, the
-    value on the segmentation and on the truth and whether each passes (no reserve).
+    """The lines of :func:`judged_lines` on the segmented phantom of a cohort case."""
+    from bmbx_plan import segment_pelvis
+
+    phantom = phantom_of(case, voxel_mm)
+    about = {**asdict(case), "voxel_mm": voxel_text_of(phantom)}
+    return judged_lines(phantom, segment_pelvis(phantom.ct), about, seed=case.seed)
+
+
+def judged_lines(
+    phantom: Phantom, anatomy: Anatomy, about: dict[str, Any], *, seed: int
+) -> list[dict]:
+    """One row per drawn candidate (``about`` first): its needle, its line and, per hard
+    constraint, the value on the segmentation ``anatomy`` and on the truth and whether
+    each passes (no reserve).
 
     Candidates are drawn for the default needle and, among the trajectories it does not
     reach, for each longer needle the planner falls back to (deeper paths, which pass
     other structures)."""
-    from bmbx_plan import segment_pelvis
     from bmbx_plan.planning import Planner, PlanningParameters
 
-    phantom = phantom_of(case, voxel_mm)
-    anatomy = segment_pelvis(phantom.ct)
     seg = Planner(anatomy, PlanningParameters(reserve_mm=0.0))
     truth = Planner(truth_anatomy(phantom), PlanningParameters(reserve_mm=0.0))
     # the reserve the planner keeps on this CT (the shares are applied in the table)
     reserve = PlanningParameters().reserve_for(float(anatomy.labels.spacing_mm.max()))
-    rng = np.random.default_rng(case.seed)
-    about = {
-        **asdict(case),
-        "voxel_mm": voxel_text_of(phantom),
-        "reserve_mm": reserve,
-    }
+    rng = np.random.default_rng(seed)
+    about = {**about, "reserve_mm": reserve}
     rows = []
     reach = 0.0  # what the needles drawn so far reach
     for needle in [seg.parameters.needle, *seg.longer_needles()]:
