@@ -14,6 +14,7 @@ from bmbx_phantoms import TRUTH_LABELS, make_phantom
 from bmbx_phantoms.truth import truth_anatomy
 from bmbx_plan import Anatomy, Planner, PlanningParameters, segment_pelvis
 from bmbx_plan.planning.constraints import (
+    CONSTRAINTS,
     HARD_NAMES,
     constraint_results,
     hard_passes,
@@ -373,6 +374,32 @@ def test_a_wing_too_thin_for_a_core_binds_the_core_clearance_and_names_its_near_
     trajectory = plan.near_miss.trajectory
     checked = planner.check("left", trajectory.skin_entry_lps_mm, trajectory.core_end_lps_mm)
     assert failed <= {c.name for c in checked.failed}
+
+
+def test_a_limit_kept_only_within_the_reserve_is_named_with_that_reserve(
+    phantom_case: tuple[object, Anatomy, Planner],
+) -> None:
+    """With a reserve of 4 mm no path keeps every limit by its shares of it; the binding
+    constraints the near-miss passes at the limit say which reserve they lack, in their
+    own unit (the SI joint keeps three shares, the incidence one degree per mm)."""
+    _, anatomy, _ = phantom_case
+    reserve = 4.0
+    plan = Planner(anatomy, PlanningParameters(reserve_mm=reserve)).plan(
+        "left", cross_check=False, longer_needle=False
+    )
+    assert not plan.feasible
+    at_most = {rule.name: rule.at_most for rule in CONSTRAINTS}
+    within = [
+        c
+        for c in plan.failed
+        if c.value is not None
+        and c.limit is not None
+        and (c.value <= c.limit if at_most[c.name] else c.value >= c.limit)
+    ]
+    assert within, [c.message for c in plan.failed]
+    for c in within:
+        lacking = RESERVE_SHARES[c.name] * reserve
+        assert f"within the {lacking:.1f} {c.unit} reserve" in c.message, c.message
 
 
 def test_a_needle_too_short_for_the_full_core_takes_the_core_it_reaches(

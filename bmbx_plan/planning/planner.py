@@ -24,7 +24,13 @@ from bmbx_plan.planning.constraints import (
 from bmbx_plan.planning.describe import describe, trajectory_of
 from bmbx_plan.planning.evaluate import CORE_STEP_MM, SKIN_TOLERANCE_MM, Evaluation, evaluate
 from bmbx_plan.planning.fields import SideFields, side_fields
-from bmbx_plan.planning.parameters import NEEDLES, Needle, PlanningParameters, Side
+from bmbx_plan.planning.parameters import (
+    NEEDLES,
+    RESERVE_SHARES,
+    Needle,
+    PlanningParameters,
+    Side,
+)
 from bmbx_plan.planning.ranking import distinct, pareto_front, score
 from bmbx_plan.planning.results import Alternative, Plan, PlanSet
 from bmbx_plan.volume import Volume
@@ -321,8 +327,9 @@ class Planner:
             replace(
                 c,
                 passed=False,
-                message=f"{c.message} This is within the {self.reserve_mm:.1f} mm reserve "
-                "the planner keeps for segmentation error.",
+                message=f"{c.message} This is within the "
+                f"{RESERVE_SHARES.get(c.name, 0.0) * self.reserve_mm:.1f} {c.unit} reserve "
+                "the planner keeps there for segmentation error.",
             )
             if c.name in binding and c.passed
             else c
