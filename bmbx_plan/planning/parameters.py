@@ -97,10 +97,11 @@ NEEDLES: dict[str, Needle] = {
 #: reserve. The core length moves with the cortex entry (by up to 1.5 mm, never where the
 #: truth failed it) and the cortical tables by up to 1.5 mm. The SI joint is read partly
 #: off the fitted auricular surfaces, which slide on a pelvis the shape model has not
-#: seen: on the 30 atlas pelves, each segmented with a model of the others
-#: (``python -m bmbx_phantoms.heldout --reserve``, 20,998 lines;
-#: ``benchmarks/results/heldout_reserve_30.txt``), it moved by 4.1 mm (99.9 %), and two
-#: shares kept 11 lines the truth rejects there, on two pelves; three keep none.
+#: seen. On the 30 atlas pelves, each segmented with a model of the others
+#: (``python -m bmbx_phantoms.heldout --reserve``), two shares kept 11 of 20,998 lines
+#: that the truth rejects there, on two pelves; with three, 19,816 lines moved it by
+#: 4.1 mm (99.9 %; 4.9 at most) and none the truth rejects is kept
+#: (``benchmarks/results/heldout_reserve_30.txt``).
 RESERVE_SHARES: dict[str, float] = {
     "needle_length": 0.0,
     "cortex_incidence": 1.0,
