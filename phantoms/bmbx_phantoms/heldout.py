@@ -167,7 +167,8 @@ def _measure_or_report(case: AtlasCase, *, plan: bool, lines: bool) -> list[dict
 def summarize(rows: Sequence[dict[str, Any]]) -> str:
     """Landmark errors (median, 90th percentile, largest, sides over the goal), the
     accuracy table of :mod:`bmbx_phantoms.accuracy` and, when the sides were planned,
-    the safety table of :mod:`bmbx_phantoms.cohort`."""
+    the safety table of :mod:`bmbx_phantoms.cohort`; for the reserve study's lines
+    (``--reserve``), its table (:func:`bmbx_phantoms.reserve.summarize`)."""
     failed = [r for r in rows if r.get("status") == "error"]
     done = [r for r in rows if r.get("status") != "error"]
     if done and "passes_on_segmentation" in done[0]:
