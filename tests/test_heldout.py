@@ -84,12 +84,8 @@ def test_the_reserve_covers_the_sliding_joint_of_an_unseen_pelvis(
     # near the limits on its segmentation and judged on its truth. Near its left SI joint
     # the segmentation is optimistic by up to 4 mm, and two shares of the reserve kept
     # lines there that pass 4 mm from the true joint.
-    out = tmp_path / "lines.csv"
-    assert main(["--only", "17", "--reserve", "--out", str(out)]) == 0
-    table = capsys.readouterr().out
+    table, rows = _run_study(["--only", "17", "--reserve"], tmp_path / "lines.csv", capsys)
     assert f"| si_joint | mm | {RESERVE_SHARES['si_joint']:g} |" in table
-    with out.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
     assert {r["atlas_case"] for r in rows} == {"17"}
     assert {r["side"] for r in rows} == {"left", "right"}
     passing = [r for r in rows if r["passes_on_segmentation"] == "True"]
@@ -105,10 +101,7 @@ def test_the_study_writes_its_rows_and_refuses_unknown_cases(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "heldout.csv"
-    assert main(["--only", "03", "--no-plan", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    with out.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    printed, rows = _run_study(["--only", "03", "--no-plan"], out, capsys)
     first = atlas_study_cases(DEFAULT_ATLAS)[0]
     assert [(r["atlas_case"], r["side"], r["preset"]) for r in rows] == [
         ("03", "left", first.preset),
@@ -122,3 +115,14 @@ def test_the_study_writes_its_rows_and_refuses_unknown_cases(
         main(["--only", "99", "--no-plan"])
     assert stop.value.code == 2
     assert "no atlas case 99" in capsys.readouterr().err
+
+
+def _run_study(
+    args: list[str], out: Path, capsys: pytest.CaptureFixture[str]
+) -> tuple[str, list[dict[str, str]]]:
+    """Run the study's command line with ``args``, writing ``out``: what it printed and
+    the rows of its CSV."""
+    assert main([*args, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    with out.open(newline="") as handle:
+        return printed, list(csv.DictReader(handle))
