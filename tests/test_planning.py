@@ -400,6 +400,26 @@ def test_a_limit_kept_only_within_the_reserve_is_named_with_that_reserve(
     for c in within:
         lacking = RESERVE_SHARES[c.name] * reserve
         assert f"within the {lacking:.1f} {c.unit} reserve" in c.message, c.message
+    # the user chose this reserve: no advice to reconstruct the CT
+    assert not any("reconstruction" in r for r in plan.reasons), plan.reasons
+
+
+def test_a_plan_lost_to_the_reserve_of_thick_slices_says_thinner_slices_may_admit_one() -> None:
+    """At 5 mm slices the reserve is 2 mm (half the voxel, at most 2 mm): a side whose
+    near-miss keeps its limits only within that reserve says so and names the slices
+    that would keep the least reserve."""
+    phantom = make_phantom(
+        seed=1001, position="HFP", preset="average", pixel_spacing_mm=1.0, slice_spacing_mm=5.0
+    )
+    planner = Planner(segment_pelvis(phantom.ct))
+    assert planner.reserve_mm == 2.0
+    plan = planner.plan("left", cross_check=False)
+    assert not plan.feasible
+    assert any("within the" in c.message for c in plan.failed), plan.reasons
+    advice = [r for r in plan.reasons if r.startswith("The reserves are sized")]
+    assert len(advice) == 1, plan.reasons
+    assert "up to 5.0 mm" in advice[0]
+    assert "voxels of 2.5 mm or less (thinner slices) shrinks them by 38 %" in advice[0]
 
 
 def test_a_needle_too_short_for_the_full_core_takes_the_core_it_reaches(

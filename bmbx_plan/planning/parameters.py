@@ -16,6 +16,7 @@ __all__ = [
     "DEFAULT_MARGINS_MM",
     "MIN_RESERVE_MM",
     "NEEDLES",
+    "RESERVE_PER_VOXEL",
     "RESERVE_SHARES",
     "Needle",
     "PlanningParameters",
@@ -117,6 +118,9 @@ RESERVE_SHARES: dict[str, float] = {
 #: voxel (0.625 mm) let 4 of 74 plans through with the core 0.04-0.19 mm inside the
 #: tables' margin or the needle 1.6 mm inside the SI joint's.
 MIN_RESERVE_MM = 1.25
+#: The default reserve is this share of the CT's largest voxel dimension (within
+#: MIN_RESERVE_MM and 2 mm).
+RESERVE_PER_VOXEL = 0.5
 
 #: Clearance (mm) between the needle surface and each structure, by name.
 DEFAULT_MARGINS_MM: dict[str, float] = {
@@ -236,7 +240,7 @@ class PlanningParameters:
         """The search reserve in mm for a CT whose largest voxel dimension is given."""
         if self.reserve_mm is not None:
             return float(self.reserve_mm)
-        return float(np.clip(0.5 * largest_voxel_mm, MIN_RESERVE_MM, 2.0))
+        return float(np.clip(RESERVE_PER_VOXEL * largest_voxel_mm, MIN_RESERVE_MM, 2.0))
 
     def margin(self, name: str) -> float:
         """The clearance in mm required around ``name``."""

@@ -25,7 +25,9 @@ from bmbx_plan.planning.describe import describe, trajectory_of
 from bmbx_plan.planning.evaluate import CORE_STEP_MM, SKIN_TOLERANCE_MM, Evaluation, evaluate
 from bmbx_plan.planning.fields import SideFields, side_fields
 from bmbx_plan.planning.parameters import (
+    MIN_RESERVE_MM,
     NEEDLES,
+    RESERVE_PER_VOXEL,
     RESERVE_SHARES,
     Needle,
     PlanningParameters,
@@ -323,6 +325,8 @@ class Planner:
         nearest = found.take(np.array([best]))
         miss = self._alternative(fields, nearest)
         binding = {name for name, ok in zip(HARD_NAMES, passes[best], strict=True) if not ok}
+        judged = constraint_results(nearest, self.parameters, has_skin=fields.has_skin)
+        within = {c.name for c in judged if c.name in binding and c.passed}
         constraints = tuple(
             replace(
                 c,
@@ -331,9 +335,9 @@ class Planner:
                 f"{RESERVE_SHARES.get(c.name, 0.0) * self.reserve_mm:.1f} {c.unit} reserve "
                 "the planner keeps there for segmentation error.",
             )
-            if c.name in binding and c.passed
+            if c.name in within
             else c
-            for c in constraint_results(nearest, self.parameters, has_skin=fields.has_skin)
+            for c in judged
         )
         failing = [c for c in constraints if c.kind == "hard" and not c.passed]
         searched = passes if searched is None else searched
@@ -351,6 +355,8 @@ class Planner:
             + ", ".join(f"{name} {rate:.0%}" for name, rate in shares.items())
             + ".",
         ]
+        if within:
+            reasons.extend(self._coarse_ct())
         reasons.extend(self._context(fields))
         return Plan(
             side=side,
@@ -382,6 +388,18 @@ class Planner:
             constraints=constraints,
             score=None,
         )
+
+    def _coarse_ct(self) -> list[str]:
+        """Why the reserves are larger than the least, when the CT's voxels made them so."""
+        voxel = float(self.anatomy.labels.spacing_mm.max())
+        if self.parameters.reserve_mm is not None or self.reserve_mm <= MIN_RESERVE_MM:
+            return []
+        return [
+            f"The reserves are sized to this CT's voxels, which measure up to {voxel:.1f} mm: "
+            f"a reconstruction with voxels of {MIN_RESERVE_MM / RESERVE_PER_VOXEL:.1f} mm or "
+            f"less (thinner slices) shrinks them by {100 * (1 - MIN_RESERVE_MM / self.reserve_mm):.0f} % "
+            "and may admit a plan."
+        ]
 
     def _context(self, fields: SideFields) -> list[str]:
         lines = []
