@@ -394,11 +394,11 @@ class Planner:
         voxel = float(self.anatomy.labels.spacing_mm.max())
         if self.parameters.reserve_mm is not None or self.reserve_mm <= MIN_RESERVE_MM:
             return []
+        shrink = 100.0 * (1.0 - MIN_RESERVE_MM / self.reserve_mm)
         return [
             f"The reserves are sized to this CT's voxels, which measure up to {voxel:.1f} mm: "
             f"a reconstruction with voxels of {MIN_RESERVE_MM / RESERVE_PER_VOXEL:.1f} mm or "
-            f"less (thinner slices) shrinks them by {100 * (1 - MIN_RESERVE_MM / self.reserve_mm):.0f} % "
-            "and may admit a plan."
+            f"less (thinner slices) shrinks them by {shrink:.0f} % and may admit a plan."
         ]
 
     def _context(self, fields: SideFields) -> list[str]:
