@@ -652,3 +652,27 @@ def test_the_skin_is_where_the_path_leaves_the_body_however_deep_and_oblique() -
             assert found_skin > reach - 1.0, (n, skin, found_skin)
         else:  # path step 1 mm, planning grid 1 mm against the CT's 2 mm voxels
             assert abs(found_skin - skin) <= 2.5, (n, skin, found_skin)
+
+
+@pytest.mark.parametrize(
+    ("position", "line"),
+    [("HFP", None), ("FFS", "supine"), ("HFDL", "decubitus"), ("FFDR", "decubitus"), ("", None)],
+)
+def test_a_scan_not_taken_prone_says_so_from_its_patient_position(
+    phantom_case: tuple[object, Anatomy, Planner], position: str, line: str | None
+) -> None:
+    """The biopsy is done prone: a supine or decubitus scan shows another soft-tissue
+    depth and skin; an unknown position (a NIfTI without a header) says nothing."""
+    from dataclasses import replace
+
+    _, anatomy, _ = phantom_case
+    labels = anatomy.labels.with_info(replace(anatomy.labels.info, patient_position=position))
+    plan = Planner(replace(anatomy, labels=labels)).plan("right", cross_check=False)
+    said = [r for r in plan.reasons if r.startswith("This is a")]
+    if line is None:
+        assert not said, said
+    else:
+        assert said == [
+            f"This is a {line} scan: the biopsy is done prone, so the soft-tissue depth and "
+            "the skin entry will differ; re-plan on the prone planning scan."
+        ]

@@ -94,8 +94,9 @@ class SideFields:
         ``psis``, ``asis``, ``sciatic_notch_apex`` of this side.
     midline_x_mm : float
     has_skin : bool
-    prone : bool or None
-        Patient position of the scan (None when unknown).
+    lying : {"prone", "supine", "decubitus"} or None
+        How the patient lay for the scan, from its DICOM PatientPosition (None when
+        unknown).
     """
 
     side: Side
@@ -110,7 +111,7 @@ class SideFields:
     landmarks_lps_mm: dict[str, FloatArray]
     midline_x_mm: float
     has_skin: bool
-    prone: bool | None
+    lying: str | None
     _obstacles: dict[str, Mask] = field(repr=False, default_factory=dict)
 
     @property
@@ -326,6 +327,14 @@ def _smoothed(mask: Mask, spacing_mm: float) -> NDArray[np.float32]:
     return out
 
 
+def _lying(position: str) -> str | None:
+    """How the patient lay, from a DICOM PatientPosition: HFP, FFS, HFDL, LFP ... (the
+    first two letters say which end entered the gantry first, the rest how they lay)."""
+    return {"P": "prone", "S": "supine", "DL": "decubitus", "DR": "decubitus"}.get(
+        position.strip().upper()[2:]
+    )
+
+
 def side_fields(anatomy: Anatomy, side: Side | str, parameters: PlanningParameters) -> SideFields:
     """Build the planning maps of one side.
 
@@ -419,8 +428,7 @@ def side_fields(anatomy: Anatomy, side: Side | str, parameters: PlanningParamete
         "asis": anatomy.landmarks_lps_mm[f"asis_{s}"],
         "sciatic_notch_apex": anatomy.landmarks_lps_mm[f"sciatic_notch_apex_{s}"],
     }
-    position = anatomy.labels.info.patient_position
-    prone = None if not position else position.upper().endswith("P")
+    lying = _lying(anatomy.labels.info.patient_position)
     return SideFields(
         side=side,
         grid=grid.with_array(lab),
@@ -434,6 +442,6 @@ def side_fields(anatomy: Anatomy, side: Side | str, parameters: PlanningParamete
         landmarks_lps_mm={k: np.asarray(v, float) for k, v in landmarks.items()},
         midline_x_mm=float(anatomy.midline_x_mm),
         has_skin=anatomy.has_skin,
-        prone=prone,
+        lying=lying,
         _obstacles={k: v for k, v in obstacles.items() if v.any()},
     )

@@ -403,10 +403,10 @@ class Planner:
 
     def _context(self, fields: SideFields) -> list[str]:
         lines = []
-        if fields.prone is False:
+        if fields.lying in ("supine", "decubitus"):
             lines.append(
-                "This is a supine scan: the biopsy is done prone, so the soft-tissue depth "
-                "and the skin entry will differ; re-plan on the prone planning scan."
+                f"This is a {fields.lying} scan: the biopsy is done prone, so the soft-tissue "
+                "depth and the skin entry will differ; re-plan on the prone planning scan."
             )
         if not fields.has_skin:
             lines.append(
