@@ -289,3 +289,45 @@ def test_phantom_hip_bones_have_no_pockets_or_slits_inside() -> None:
     for side in ("left", "right"):
         ilium = np.isin(labels, ilium_labels(side))
         assert np.array_equal(ndimage.binary_fill_holes(ilium), ilium), side
+
+
+@pytest.mark.parametrize(("thickness", "step"), [(5.0, 1.0), (2.5, 1.25), (3.0, 0.8), (1.0, 1.0)])
+def test_the_slice_profile_weights_each_scene_slice_by_its_overlap(
+    thickness: float, step: float
+) -> None:
+    """Against a slow reference: the share of a finely sampled slice of the given
+    thickness that falls in each scene slice's slab."""
+    from bmbx_phantoms.phantom import _slice_profile
+
+    weights = _slice_profile(thickness, step)
+    reach = (len(weights) - 1) // 2
+    z = np.linspace(-thickness / 2, thickness / 2, 200_001)  # within the slice
+    owner = np.rint(z / step).astype(int)  # the scene slice whose slab holds z
+    reference = np.array([np.mean(owner == k) for k in range(-reach, reach + 1)])
+    assert reference[0] > 0  # no empty ends
+    assert reference[-1] > 0
+    np.testing.assert_allclose(weights, reference, atol=1e-4)  # sampling of z
+
+
+def test_a_thick_slice_averages_the_scene_over_its_thickness() -> None:
+    """5 mm slices of 5 mm thickness: the same scan grid and truth geometry as thin 5 mm
+    slices, but bone surfaces crossing the slices are spread over them (partial volume)
+    instead of being sampled at the slice centre."""
+    common = {"seed": 3, "pixel_spacing_mm": 2.0, "slice_spacing_mm": 5.0, "noise_hu": 0.0}
+    thin = make_phantom(**common)
+    thick = make_phantom(**common, slice_thickness_mm=5.0)
+    assert thick.ct.shape == thin.ct.shape
+    np.testing.assert_allclose(thick.ct.affine_lps, thin.ct.affine_lps)
+    for name in LANDMARK_NAMES:  # the same bones, labelled on another scene grid
+        assert np.linalg.norm(thick.landmark(name) - thin.landmark(name)) <= 5.0, name
+    assert thick.truth["parameters"]["slice_thickness_mm"] == 5.0
+
+    def partial_volume_share(ph: object) -> float:
+        """Share of the voxels near the hip bones with HU between marrow and cortex."""
+        labels = ph.labels.array  # type: ignore[attr-defined]
+        hip = np.isin(labels, [TRUTH_LABELS[n] for n in BONE_NAMES[:4]])
+        near = ndimage.binary_dilation(hip, iterations=2)
+        hu = np.asarray(ph.ct.array)[near]  # type: ignore[attr-defined]
+        return float(np.mean((hu > 350) & (hu < 650)))
+
+    assert partial_volume_share(thick) > 10 * partial_volume_share(thin)  # 0.13 vs 0.002

@@ -23,6 +23,10 @@ class PhantomParameters:
     # Grid: in-plane voxel size (mm) and slice spacing (mm).
     pixel_spacing_mm: float = 2.0
     slice_spacing_mm: float = 2.5
+    # Reconstructed slice thickness (mm): each slice averages the scene over this width
+    # (a rectangular slice profile), as a thick-slice reconstruction does. 0: thin
+    # slices, blurred only by the system resolution.
+    slice_thickness_mm: float = 0.0
     # Body habitus: skin surface to the PSIS along the posterior direction.
     skin_to_psis_mm: float = 50.0
     # Share of the posterior soft tissue that is subcutaneous fat (rest: muscle).
@@ -81,6 +85,8 @@ class PhantomParameters:
                 raise ValueError(f"phantom parameter {name} must be positive")
         if not 0.0 <= self.posterior_fat_fraction <= 1.0:
             raise ValueError("phantom parameter posterior_fat_fraction must be in [0, 1]")
+        if self.slice_thickness_mm < 0:
+            raise ValueError("phantom parameter slice_thickness_mm must not be negative")
         if self.noise_hu < 0 or self.bowel_loops < 0 or self.bladder_volume_ml < 0:
             raise ValueError("noise_hu, bowel_loops and bladder_volume_ml must not be negative")
         for name in ("hip_scale", "wing_thickness_scale"):

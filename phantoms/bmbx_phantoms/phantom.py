@@ -254,17 +254,53 @@ def _assemble(
     return labels, hu
 
 
+def _scene_grid(scan: SceneGrid, params: PhantomParameters) -> tuple[SceneGrid, int, int]:
+    """The grid the scene is built on, and where the scan's slices lie in it.
+
+    With thin slices it is the scan's grid. A thick-slice reconstruction averages the
+    scene over the slice thickness, so the scene is built on slices about a pixel apart
+    (``step`` of them per scan slice) that reach half the thickness beyond the first and
+    last scan slice (``first`` of them before it).
+    """
+    if params.slice_thickness_mm == 0:
+        return scan, 0, 1
+    step = max(int(np.ceil(params.slice_spacing_mm / params.pixel_spacing_mm)), 1)
+    fine = params.slice_spacing_mm / step
+    first = int(np.ceil(0.5 * params.slice_thickness_mm / fine))
+    origin = scan.origin_lps_mm - np.array([0.0, 0.0, first * fine])
+    spacing = np.array([fine, *scan.spacing_kji_mm[1:]])
+    shape = ((scan.shape[0] - 1) * step + 1 + 2 * first, scan.shape[1], scan.shape[2])
+    return SceneGrid(origin, spacing, shape), first, step
+
+
+def _slice_profile(thickness_mm: float, step_mm: float) -> NDArray[np.float64]:
+    """Weights of the scene's slices ``step_mm`` apart in one slice of the given
+    thickness: each scene slice stands for a slab of its spacing, weighted by how much of
+    it lies within the slice."""
+    reach = int(np.ceil(0.5 * thickness_mm / step_mm - 0.5))
+    offset = np.arange(-reach, reach + 1) * step_mm
+    overlap = np.clip(0.5 * thickness_mm - (np.abs(offset) - 0.5 * step_mm), 0.0, step_mm)
+    return overlap / overlap.sum()
+
+
 def _scanner(
     hu: NDArray[np.float32],
     spacing: NDArray[np.float64],
     params: PhantomParameters,
     rng: np.random.Generator,
+    *,
+    slices: slice = slice(None),
 ) -> NDArray[np.int16]:
-    """Blur by the system resolution, add correlated noise, store as integer HU."""
+    """Blur by the system resolution (and the slice profile of a thick slice), keep the
+    scan's ``slices`` of the scene, add correlated noise, store as integer HU."""
     sigma = params.resolution_fwhm_mm / 2.3548 / spacing
     image = ndimage.gaussian_filter(hu, sigma, mode="nearest")
+    if params.slice_thickness_mm > 0:
+        weights = _slice_profile(params.slice_thickness_mm, float(spacing[0]))
+        image = ndimage.correlate1d(image, weights, axis=0, mode="nearest")
+    image = np.ascontiguousarray(image[slices])
     if params.noise_hu > 0:
-        noise = ndimage.gaussian_filter(rng.standard_normal(hu.shape, dtype=np.float32), 0.7)
+        noise = ndimage.gaussian_filter(rng.standard_normal(image.shape, dtype=np.float32), 0.7)
         image += noise * np.float32(params.noise_hu / max(float(noise.std()), 1e-6))
     return np.clip(np.rint(image), -1024, 3071).astype(np.int16)
 
@@ -379,9 +415,10 @@ def make_phantom(
             hip_z.max() + _SCAN_ABOVE_CREST_MM,
         ]
     )
-    grid = SceneGrid.covering(
+    scan = SceneGrid.covering(
         lo, hi, pixel_mm=params.pixel_spacing_mm, slice_mm=params.slice_spacing_mm
     )
+    grid, first, step = _scene_grid(scan, params)
 
     say("bones")
     bones = build_bones(
@@ -434,7 +471,10 @@ def make_phantom(
     table = table_mask(grid, outline, prone=prone)
     say("CT values")
     labels, hu = _assemble(grid, params, outline, bones, viscera, table, rng_tissue)
-    ct = _scanner(hu, grid.spacing_kji_mm, params, rng_noise)
+    scanned = slice(first, first + (scan.shape[0] - 1) * step + 1, step)
+    ct = _scanner(hu, grid.spacing_kji_mm, params, rng_noise, slices=scanned)
+    labels = np.ascontiguousarray(labels[scanned])  # the scene at each voxel's centre
+    grid = scan
 
     snapped = {}
     for name in LANDMARK_NAMES:
