@@ -474,12 +474,11 @@ def make_phantom(
     scanned = slice(first, first + (scan.shape[0] - 1) * step + 1, step)
     ct = _scanner(hu, grid.spacing_kji_mm, params, rng_noise, slices=scanned)
     labels = np.ascontiguousarray(labels[scanned])  # the scene at each voxel's centre
-    grid = scan
 
     snapped = {}
     for name in LANDMARK_NAMES:
         side = "left" if name.endswith("left") else "right"
-        snapped[name] = _snap_to_label(labels, grid, marks[name], ilium_labels(side))
+        snapped[name] = _snap_to_label(labels, scan, marks[name], ilium_labels(side))
     depth_psis = {
         side: round(
             outline.posterior_y(float(snapped[f"psis_{side}"][0]))
@@ -509,6 +508,6 @@ def make_phantom(
         patient_position=position,
         manufacturer="bmbx_phantoms",
     )
-    ct_volume = grid.volume(ct).with_info(info)
-    label_volume = grid.volume(labels).with_info(info)
+    ct_volume = scan.volume(ct).with_info(info)
+    label_volume = scan.volume(labels).with_info(info)
     return Phantom(ct=ct_volume, labels=label_volume, truth=truth, shape=shape)
