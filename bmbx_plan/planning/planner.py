@@ -27,8 +27,8 @@ from bmbx_plan.planning.fields import SideFields, side_fields
 from bmbx_plan.planning.parameters import (
     MIN_RESERVE_MM,
     NEEDLES,
-    RESERVE_PER_VOXEL,
     RESERVE_SHARES,
+    VALIDATED_VOXEL_MM,
     Needle,
     PlanningParameters,
     Side,
@@ -325,8 +325,6 @@ class Planner:
         nearest = found.take(np.array([best]))
         miss = self._alternative(fields, nearest)
         binding = {name for name, ok in zip(HARD_NAMES, passes[best], strict=True) if not ok}
-        judged = constraint_results(nearest, self.parameters, has_skin=fields.has_skin)
-        within = {c.name for c in judged if c.name in binding and c.passed}
         constraints = tuple(
             replace(
                 c,
@@ -335,9 +333,9 @@ class Planner:
                 f"{RESERVE_SHARES.get(c.name, 0.0) * self.reserve_mm:.1f} {c.unit} reserve "
                 "the planner keeps there for segmentation error.",
             )
-            if c.name in within
+            if c.name in binding and c.passed
             else c
-            for c in judged
+            for c in constraint_results(nearest, self.parameters, has_skin=fields.has_skin)
         )
         failing = [c for c in constraints if c.kind == "hard" and not c.passed]
         searched = passes if searched is None else searched
@@ -355,8 +353,6 @@ class Planner:
             + ", ".join(f"{name} {rate:.0%}" for name, rate in shares.items())
             + ".",
         ]
-        if within:
-            reasons.extend(self._coarse_ct())
         reasons.extend(self._context(fields))
         return Plan(
             side=side,
@@ -390,19 +386,21 @@ class Planner:
         )
 
     def _coarse_ct(self) -> list[str]:
-        """Why the reserves are larger than the least, when the CT's voxels made them so."""
+        """What a CT coarser than the validated voxels means for its plans."""
         voxel = float(self.anatomy.labels.spacing_mm.max())
-        if self.parameters.reserve_mm is not None or self.reserve_mm <= MIN_RESERVE_MM:
+        if voxel <= VALIDATED_VOXEL_MM + 1e-6:
             return []
-        shrink = 100.0 * (1.0 - MIN_RESERVE_MM / self.reserve_mm)
-        return [
-            f"The reserves are sized to this CT's voxels, which measure up to {voxel:.1f} mm: "
-            f"a reconstruction with voxels of {MIN_RESERVE_MM / RESERVE_PER_VOXEL:.1f} mm or "
-            f"less (thinner slices) shrinks them by {shrink:.0f} % and may admit a plan."
-        ]
+        line = (
+            f"This CT's voxels measure up to {voxel:.1f} mm: the planner's safety is "
+            f"measured on CTs with voxels of {VALIDATED_VOXEL_MM:.1f} mm or less"
+        )
+        if self.parameters.reserve_mm is None:
+            larger = 100.0 * (self.reserve_mm / MIN_RESERVE_MM - 1.0)
+            line += f", and its reserves for segmentation error are {larger:.0f} % larger here"
+        return [f"{line}. Reconstruct with thinner slices before relying on this plan."]
 
     def _context(self, fields: SideFields) -> list[str]:
-        lines = []
+        lines = self._coarse_ct()
         if fields.lying in ("supine", "decubitus"):
             lines.append(
                 f"This is a {fields.lying} scan: the biopsy is done prone, so the soft-tissue "
