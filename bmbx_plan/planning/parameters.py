@@ -119,8 +119,10 @@ RESERVE_SHARES: dict[str, float] = {
 MIN_RESERVE_MM = 1.25
 #: The default reserve is this share of the CT's largest voxel dimension (at least
 #: MIN_RESERVE_MM). It is not capped: on 44 phantoms with 5 mm slices of 5 mm thickness,
-#: a reserve of 2 mm let a core through 1.2 mm closer to a table than the segmentation
-#: showed (``benchmarks/results/cohort_44_5mm_thick.csv``).
+#: a reserve of 2 mm let 3 of 27 plans fail on the truth, one with its core 1.2 mm closer
+#: to a table than the segmentation showed
+#: (``benchmarks/results/cohort_44_5mm_thick_reserve2.csv``); 2.5 mm let none fail, and
+#: planned 4 (``cohort_44_5mm_thick.csv``).
 RESERVE_PER_VOXEL = 0.5
 #: The largest voxel dimension of the CTs the safety study validates the planner on:
 #: the one whose default reserve is the least.
