@@ -415,18 +415,19 @@ def test_plans_on_thick_slices_say_they_lie_beyond_the_validated_voxel_size() ->
     planner = Planner(anatomy)
     assert planner.reserve_mm == 2.5
     advice = (
-        "This CT's voxels measure up to 5.0 mm: the planner's safety is measured on CTs "
-        "with voxels of 2.5 mm or less, and its reserves for segmentation error are 100 % "
-        "larger here. Reconstruct with thinner slices before relying on this plan."
+        "This CT's voxels measure up to 5.0 mm: the planner's safety is measured on "
+        "thin-slice CTs with voxels of 2.5 mm or less, and its reserves for segmentation "
+        "error are 100 % larger here. Reconstruct with thinner slices before relying on "
+        "this plan."
     )
     for side in ("left", "right"):
         plan = planner.plan(side, cross_check=False)
         assert advice in plan.reasons, plan.reasons
     chosen = Planner(anatomy, PlanningParameters(reserve_mm=2.5)).plan("right", cross_check=False)
     assert (
-        "This CT's voxels measure up to 5.0 mm: the planner's safety is measured on CTs "
-        "with voxels of 2.5 mm or less. Reconstruct with thinner slices before relying on "
-        "this plan." in chosen.reasons
+        "This CT's voxels measure up to 5.0 mm: the planner's safety is measured on "
+        "thin-slice CTs with voxels of 2.5 mm or less. Reconstruct with thinner slices "
+        "before relying on this plan." in chosen.reasons
     ), chosen.reasons
 
 

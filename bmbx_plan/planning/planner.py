@@ -392,7 +392,7 @@ class Planner:
             return []
         line = (
             f"This CT's voxels measure up to {voxel:.1f} mm: the planner's safety is "
-            f"measured on CTs with voxels of {VALIDATED_VOXEL_MM:.1f} mm or less"
+            f"measured on thin-slice CTs with voxels of {VALIDATED_VOXEL_MM:.1f} mm or less"
         )
         if self.parameters.reserve_mm is None:
             larger = 100.0 * (self.reserve_mm / MIN_RESERVE_MM - 1.0)
