@@ -23,6 +23,25 @@ def shared_data() -> Path:
 
 
 @pytest.fixture
+def pengwin(shared_data: Path) -> Callable[[str], tuple[Volume, list[np.ndarray]]]:
+    """``f(case)``: a PENGWIN case's bone-only CT (the three bones' CTs combined with
+    max) and its expert masks (left hip, right hip, sacrum); skips when it is absent."""
+
+    def load(case: str) -> tuple[Volume, list[np.ndarray]]:
+        from bmbx_plan import load_ct
+
+        folder = shared_data / "real" / "pengwin_bone_only" / case
+        if not folder.is_dir():
+            pytest.skip(f"{folder} is absent")
+        parts = [load_ct(folder / f"{case}_{n}.nii.gz") for n in ("LI", "RI", "SA")]
+        ct = parts[0].with_array(np.maximum.reduce([p.array for p in parts]))
+        masks = [load_ct(folder / f"{case}_{n}_mask.nii.gz").array > 0 for n in ("LI", "RI", "SA")]
+        return ct, masks
+
+    return load
+
+
+@pytest.fixture
 def tiny_ct() -> Volume:
     """Integer-HU volume of shape (5, 6, 7): a different size per axis, anisotropic
     spacing, non-zero origin and flipped j and k axes (k -> -S, j -> -P, i -> +L)."""

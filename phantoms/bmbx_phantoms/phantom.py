@@ -254,8 +254,8 @@ def _assemble(
     return labels, hu
 
 
-def _scene_grid(scan: SceneGrid, params: PhantomParameters) -> tuple[SceneGrid, int, int]:
-    """The grid the scene is built on, and where the scan's slices lie in it.
+def _scene_grid(scan: SceneGrid, params: PhantomParameters) -> tuple[SceneGrid, slice]:
+    """The grid the scene is built on, and the scan's slices in it.
 
     With thin slices it is the scan's grid. A thick-slice reconstruction averages the
     scene over the slice thickness, so the scene is built on slices about a pixel apart
@@ -263,14 +263,15 @@ def _scene_grid(scan: SceneGrid, params: PhantomParameters) -> tuple[SceneGrid, 
     last scan slice (``first`` of them before it).
     """
     if params.slice_thickness_mm == 0:
-        return scan, 0, 1
+        return scan, slice(0, scan.shape[0])
     step = max(int(np.ceil(params.slice_spacing_mm / params.pixel_spacing_mm)), 1)
     fine = params.slice_spacing_mm / step
     first = int(np.ceil(0.5 * params.slice_thickness_mm / fine))
     origin = scan.origin_lps_mm - np.array([0.0, 0.0, first * fine])
     spacing = np.array([fine, *scan.spacing_kji_mm[1:]])
     shape = ((scan.shape[0] - 1) * step + 1 + 2 * first, scan.shape[1], scan.shape[2])
-    return SceneGrid(origin, spacing, shape), first, step
+    scanned = slice(first, first + (scan.shape[0] - 1) * step + 1, step)
+    return SceneGrid(origin, spacing, shape), scanned
 
 
 def _slice_profile(thickness_mm: float, step_mm: float) -> NDArray[np.float64]:
@@ -418,7 +419,7 @@ def make_phantom(
     scan = SceneGrid.covering(
         lo, hi, pixel_mm=params.pixel_spacing_mm, slice_mm=params.slice_spacing_mm
     )
-    grid, first, step = _scene_grid(scan, params)
+    grid, scanned = _scene_grid(scan, params)
 
     say("bones")
     bones = build_bones(
@@ -471,7 +472,6 @@ def make_phantom(
     table = table_mask(grid, outline, prone=prone)
     say("CT values")
     labels, hu = _assemble(grid, params, outline, bones, viscera, table, rng_tissue)
-    scanned = slice(first, first + (scan.shape[0] - 1) * step + 1, step)
     ct = _scanner(hu, grid.spacing_kji_mm, params, rng_noise, slices=scanned)
     labels = np.ascontiguousarray(labels[scanned])  # the scene at each voxel's centre
 

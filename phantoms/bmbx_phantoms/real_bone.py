@@ -31,18 +31,6 @@ _LATERAL_MM, _ANTERIOR_MM = 35.0, 50.0
 _TABLE_GAP_MM, _TABLE_MM = 8.0, 12.0
 
 
-def _in_plane_lps(ct: Volume) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """LPS x and y (mm) of every (j, i) position of an axial stack (shape (J, I))."""
-    axial, _ = ct.axis_of(2)
-    if axial != 0:
-        raise ValueError("the CT's slices must be its first array axis (an axial stack)")
-    _, rows, cols = ct.shape
-    j, i = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-    index = np.stack([np.zeros(j.size), j.ravel(), i.ravel()], axis=1)
-    lps = ct.index_to_lps(index)
-    return lps[:, 0].reshape(j.shape), lps[:, 1].reshape(j.shape)
-
-
 def in_synthetic_body(
     ct: Volume,
     bone: Mask,
@@ -74,7 +62,7 @@ def in_synthetic_body(
     bone = np.asarray(bone, bool)
     if bone.shape != ct.shape or not bone.any():
         raise ValueError("bone must be a non-empty mask on the CT's grid")
-    x, y = _in_plane_lps(ct)
+    x, y = ct.lps_coordinate(0), ct.lps_coordinate(1)  # broadcastable to the CT
     points = ct.index_to_lps(np.argwhere(bone)[::20])
     midline = float(np.median(points[:, 0]))
     upper = points[points[:, 2] >= np.percentile(points[:, 2], 50)]
@@ -93,15 +81,18 @@ def in_synthetic_body(
     )
     body = outline.contains(y, x)
     behind = y - outline.posterior_max_y
-    table = (behind >= _TABLE_GAP_MM) & (behind < _TABLE_GAP_MM + _TABLE_MM)
-    table &= np.abs(x - outline.centre_x_mm) <= outline.half_width_mm + 20.0
+    table = (
+        (behind >= _TABLE_GAP_MM)
+        & (behind < _TABLE_GAP_MM + _TABLE_MM)
+        & (np.abs(x - outline.centre_x_mm) <= outline.half_width_mm + 20.0)
+    )
 
     near = ndimage.distance_transform_edt(~bone, sampling=ct.spacing_mm) < _MUSCLE_MM
     soft = np.where(near, np.float32(_MUSCLE_HU), np.float32(_FAT_HU))
     soft = ndimage.gaussian_filter(soft, 1.0)
     rng = np.random.default_rng(seed)
     soft += rng.normal(0.0, noise_hu, ct.shape).astype(np.float32)
-    out = np.where(body[None], soft, np.float32(_AIR_HU))
-    out[:, table] = np.float32(_TABLE_HU)
+    out = np.where(body, soft, np.float32(_AIR_HU))
+    out = np.where(table, np.float32(_TABLE_HU), out)
     out[bone] = np.asarray(ct.array)[bone]
     return ct.with_array(np.clip(np.rint(out), -1024, 3071).astype(np.int16))
