@@ -32,6 +32,7 @@ __all__ = [
     "bounding_box",
     "contrast_lumina",
     "cortical_band",
+    "partial_volume_rim",
     "segment_bone",
 ]
 
@@ -312,3 +313,70 @@ def cortical_band(
     shallow &= hu >= cortex_threshold_hu
     band[box] = outer | shallow | (sub & (hu >= deep_cortex_hu))
     return band
+
+
+# The rim's reference values are looked for among the neighbours within this many voxels:
+# the densest bone among the nearest (the cortex the rim is blurred from) ...
+_PEAK_REACH = 1
+# ... and the soft tissue a little further out (beyond most of the blur).
+_SOFT_REACH = 2
+# Outer voxels are judged in chunks of this many (each gathers (2 * 2 + 1)^3 neighbours).
+_RIM_CHUNK = 1 << 16
+
+
+def partial_volume_rim(bone: Mask, ct: Volume, *, threshold_hu: float) -> Mask:
+    """The voxels of ``bone``'s outermost layer whose centres lie outside its edge.
+
+    A CT blurs a bone's edge over its point spread and, on thick slices, over the
+    slice: the soft tissue beside an oblique cortex rises above a fixed shell threshold,
+    and a bone taken at that threshold grows by up to a voxel layer (phantoms on 2.5 mm
+    thick slices: 9 % of the hip bone's volume, the tables about 2 mm further out). A
+    voxel's centre lies inside a blurred edge where its value is above half-way between
+    the two sides. So an outer voxel of the dense shell (at least ``threshold_hu``) is
+    in the rim when its HU is below the mean of the densest bone voxel among its 26
+    neighbours (the cortex it is blurred from) and the soft tissue (below
+    ``threshold_hu``, not ``bone``) within two voxels of it. Filled-in marrow below
+    the threshold is never in the rim, nor is a voxel with no soft tissue near it.
+
+    Returns
+    -------
+    (K, J, I) bool ndarray, a subset of ``bone``.
+    """
+    rim = np.zeros_like(bone)
+    if not bone.any():
+        return rim
+    box = bounding_box(bone, _SOFT_REACH)
+    pad = _SOFT_REACH
+    # padded beyond the scan's edge, where nothing is known: no neighbour and no surface
+    sub = np.pad(bone[box], pad)
+    beyond = np.ones(sub.shape, bool)
+    beyond[(slice(pad, -pad),) * 3] = False
+    hu = np.pad(np.asarray(ct.array, np.float32)[box], pad)
+    soft = ~sub & ~beyond & (hu < threshold_hu)
+    outer = sub & ~ndimage.binary_erosion(sub | beyond) & (hu >= threshold_hu)
+    at = np.flatnonzero(outer)
+    near, around = (_offsets(sub.shape, reach) for reach in (_PEAK_REACH, _SOFT_REACH))
+    flat_bone, flat_hu, flat_soft = sub.reshape(-1), hu.reshape(-1), soft.reshape(-1)
+    found = np.zeros(at.shape, bool)
+    for start in range(0, len(at), _RIM_CHUNK):
+        voxels = at[start : start + _RIM_CHUNK, None]
+        neighbours = voxels + near
+        peak = np.where(flat_bone[neighbours], flat_hu[neighbours], -np.inf).max(axis=1)
+        others = voxels + around
+        weights = flat_soft[others]
+        count = weights.sum(axis=1)
+        total = np.where(weights, flat_hu[others], 0.0).sum(axis=1)
+        level = 0.5 * (peak + total / np.maximum(count, 1))
+        found[start : start + _RIM_CHUNK] = (count > 0) & (flat_hu[voxels[:, 0]] < level)
+    inner = np.zeros_like(sub)
+    inner.reshape(-1)[at[found]] = True
+    rim[box] = inner[(slice(pad, -pad),) * 3]
+    return rim
+
+
+def _offsets(shape: tuple[int, ...], reach: int) -> NDArray[np.intp]:
+    """Flat-index offsets of the voxels within ``reach`` along every axis of an array of
+    ``shape`` (C order)."""
+    steps = np.arange(-reach, reach + 1)
+    k, j, i = np.meshgrid(steps, steps, steps, indexing="ij")
+    return np.asarray((k * shape[1] + j) * shape[2] + i, np.intp).reshape(1, -1)

@@ -20,7 +20,12 @@ from bmbx_plan.anatomy._grid import (
     to_full_resolution,
 )
 from bmbx_plan.anatomy.body import BodyMask, segment_body
-from bmbx_plan.anatomy.bone import DEFAULT_BONE_THRESHOLD_HU, cortical_band, segment_bone
+from bmbx_plan.anatomy.bone import (
+    DEFAULT_BONE_THRESHOLD_HU,
+    cortical_band,
+    partial_volume_rim,
+    segment_bone,
+)
 from bmbx_plan.anatomy.external import ExternalMasks, load_external_masks
 from bmbx_plan.anatomy.landmarks import ShapeFit, fit_shape_model, pelvis_landmarks
 from bmbx_plan.anatomy.pelvis import PelvisBones, joint_clefts, joint_sheets, split_pelvis
@@ -671,6 +676,15 @@ def _segment(
     landmarks = pelvis_landmarks(fit, masks=(split.ilium_left, split.ilium_right), grid=ct)
     _check_coverage(ct, {**parts}, landmarks, source)
     split = _without_cavities(split)
+    # the hip bones' tables where the needle meets and the core keeps clear of them: at
+    # the blurred edge, not where the blur falls below the shell threshold
+    rim = partial_volume_rim(
+        split.ilium_left | split.ilium_right, ct, threshold_hu=bone_threshold_hu
+    )
+    split = replace(
+        split, ilium_left=split.ilium_left & ~rim, ilium_right=split.ilium_right & ~rim
+    )
+    del rim
     canal = _sacral_canal(split.sacrum, fit, ct, bone_threshold_hu)
 
     say("cortex, joints and keep-out zones")
