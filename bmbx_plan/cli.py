@@ -143,6 +143,7 @@ def _cmd_info(args: argparse.Namespace, out: _Reporter) -> int:
         "manufacturer": info.manufacturer,
         "size_voxels": list(ct.shape[::-1]),
         "spacing_mm": [round(float(s), 4) for s in ct.spacing_mm[::-1]],
+        "slice_thickness_mm": info.slice_thickness_mm,
         "z_range_mm": [round(float(bounds[0, 2]), 1), round(float(bounds[1, 2]), 1)],
         "notes": list(info.notes),
     }

@@ -31,6 +31,9 @@ class ScanInfo:
     series_instance_uid, modality, patient_position, manufacturer : str
         From the DICOM header where there is one, else empty (``patient_position``
         is one of ``HFS``, ``HFP``, ``FFS``, ``FFP`` ... or ``""`` when unknown).
+    slice_thickness_mm : float or None
+        The thickness each slice was reconstructed with (DICOM SliceThickness), when
+        the source records it: slices may be thicker than their spacing.
     notes : tuple of str
         Sentences describing anything the loader decided (a series picked among
         several, a localizer skipped, a small gap resampled).
@@ -41,6 +44,7 @@ class ScanInfo:
     modality: str = ""
     patient_position: str = ""
     manufacturer: str = ""
+    slice_thickness_mm: float | None = None
     notes: tuple[str, ...] = ()
 
     def with_note(self, note: str) -> ScanInfo:
@@ -194,6 +198,12 @@ class Volume:
     def origin_lps_mm(self) -> NDArray[np.float64]:
         """LPS position of voxel ``(0, 0, 0)`` in mm."""
         return self.affine_lps[:3, 3].copy()
+
+    @property
+    def resolution_mm(self) -> float:
+        """The coarsest scale the image blurs over: its largest voxel dimension, or the
+        slice thickness its source records where that is larger."""
+        return max(float(self.spacing_mm.max()), self.info.slice_thickness_mm or 0.0)
 
     @property
     def voxel_volume_mm3(self) -> float:

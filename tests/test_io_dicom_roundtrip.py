@@ -178,3 +178,23 @@ def test_scan_info_from_headers(tiny_ct: Volume, tmp_path: Path) -> None:
     assert (info.series_instance_uid, info.modality, info.patient_position) == (uid, "CT", "HFP")
     assert info.manufacturer == "bmbx_phantoms"
     assert info.notes == ()
+
+
+def test_slice_thickness_is_read_and_sets_the_resolution(tiny_ct: Volume, tmp_path: Path) -> None:
+    spacing = float(tiny_ct.spacing_mm.max())
+    write_ct_series(tiny_ct, tmp_path / "thick", slice_thickness_mm=3 * spacing)
+    thick = load_ct(tmp_path / "thick")
+    assert thick.info.slice_thickness_mm == pytest.approx(3 * spacing)
+    assert thick.resolution_mm == pytest.approx(3 * spacing)  # slices thicker than spacing
+    # no SliceThickness, or an empty one: unknown, and the voxels set the resolution
+    files = write_ct_series(tiny_ct, tmp_path / "none")
+    for n, path in enumerate(files):
+        ds = pydicom.dcmread(path)
+        if n % 2:
+            del ds.SliceThickness
+        else:
+            ds.SliceThickness = ""
+        ds.save_as(path)
+    unknown = load_ct(tmp_path / "none")
+    assert unknown.info.slice_thickness_mm is None
+    assert unknown.resolution_mm == pytest.approx(spacing)

@@ -4,6 +4,7 @@ against a slow reference, bad trajectories, designed no-safe-path sides."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
@@ -415,8 +416,8 @@ def test_plans_on_thick_slices_say_they_lie_beyond_the_validated_voxel_size() ->
     planner = Planner(anatomy)
     assert planner.reserve_mm == 2.5
     advice = (
-        "This CT's voxels measure up to 5.0 mm: the planner's safety is measured on "
-        "thin-slice CTs with voxels of 2.5 mm or less, and its reserves for segmentation "
+        "This CT's voxels measure up to 5.0 mm: the planner's safety is measured on CTs "
+        "whose voxels and slices measure 2.5 mm or less, and its reserves for segmentation "
         "error are 100 % larger here. Reconstruct with thinner slices before relying on "
         "this plan."
     )
@@ -425,10 +426,30 @@ def test_plans_on_thick_slices_say_they_lie_beyond_the_validated_voxel_size() ->
         assert advice in plan.reasons, plan.reasons
     chosen = Planner(anatomy, PlanningParameters(reserve_mm=2.5)).plan("right", cross_check=False)
     assert (
-        "This CT's voxels measure up to 5.0 mm: the planner's safety is measured on "
-        "thin-slice CTs with voxels of 2.5 mm or less. Reconstruct with thinner slices "
+        "This CT's voxels measure up to 5.0 mm: the planner's safety is measured on CTs "
+        "whose voxels and slices measure 2.5 mm or less. Reconstruct with thinner slices "
         "before relying on this plan." in chosen.reasons
     ), chosen.reasons
+
+
+def test_slices_thicker_than_their_spacing_set_the_reserve_and_say_so(
+    phantom_case: tuple[object, Anatomy, Planner],
+) -> None:
+    """Slices of 2.5 mm spacing reconstructed 4 mm thick blur as 4 mm slices do: the
+    reserve is half of 4 mm, and the plan names the thickness."""
+    _, anatomy, _ = phantom_case
+    info = replace(anatomy.labels.info, slice_thickness_mm=4.0)
+    thick = replace(anatomy, labels=anatomy.labels.with_info(info))
+    planner = Planner(thick)
+    assert planner.reserve_mm == 2.0
+    plan = planner.plan("left", cross_check=False)
+    assert (
+        "This CT's slices are 4.0 mm thick: the planner's safety is measured on CTs whose "
+        "voxels and slices measure 2.5 mm or less, and its reserves for segmentation error "
+        "are 60 % larger here. Reconstruct with thinner slices before relying on this plan."
+        in plan.reasons
+    ), plan.reasons
+    assert Planner(anatomy).reserve_mm == 1.25  # the same CT, thin slices
 
 
 def test_a_needle_too_short_for_the_full_core_takes_the_core_it_reaches(

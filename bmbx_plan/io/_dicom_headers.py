@@ -67,6 +67,7 @@ class SliceHeader:
     transfer_syntax: str
     patient_position: str
     manufacturer: str
+    slice_thickness: float | None = None
 
     @property
     def series_key(self) -> tuple[str, str, str]:
@@ -121,6 +122,15 @@ def _number(ds: Any, keyword: str, default: float) -> float:
     if value is None or value == "":
         return default
     return float(value)
+
+
+def _positive(ds: Any, keyword: str) -> float | None:
+    """A positive number, or None where the element is absent, empty or not one."""
+    try:
+        number = float(ds.get(keyword, None))
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
 
 
 def read_header(path: Path) -> SliceHeader | SkippedFile:
@@ -199,6 +209,7 @@ def _header_from_dataset(path: Path, ds: Any) -> SliceHeader | SkippedFile:
         transfer_syntax=syntax,
         patient_position=_text(ds, "PatientPosition").upper(),
         manufacturer=_text(ds, "Manufacturer"),
+        slice_thickness=_positive(ds, "SliceThickness"),
     )
 
 

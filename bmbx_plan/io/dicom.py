@@ -10,7 +10,10 @@ of the result always comes from the headers (``ImageOrientationPatient``,
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from bmbx_plan.io._dicom_headers import SliceHeader, iter_files, read_header, scan_files
 from bmbx_plan.io._dicom_pixels import read_stack
@@ -108,8 +111,15 @@ def load_dicom(path: str | Path, *, series_uid: str | None = None) -> Volume:
         modality=first.modality or "CT",
         patient_position=first.patient_position,
         manufacturer=first.manufacturer,
+        slice_thickness_mm=_slice_thickness(geometry.slices),
         notes=all_notes,
     )
     for note in all_notes:
         logger.info("%s: %s", path, note)
     return Volume(array, geometry.affine_lps, info)
+
+
+def _slice_thickness(slices: Sequence[SliceHeader]) -> float | None:
+    """The slices' usual SliceThickness (their median), None where none records one."""
+    values = [h.slice_thickness for h in slices if h.slice_thickness is not None]
+    return float(np.median(values)) if values else None

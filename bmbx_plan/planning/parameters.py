@@ -117,15 +117,15 @@ RESERVE_SHARES: dict[str, float] = {
 #: voxel (0.625 mm) let 4 of 74 plans through with the core 0.04-0.19 mm inside the
 #: tables' margin or the needle 1.6 mm inside the SI joint's.
 MIN_RESERVE_MM = 1.25
-#: The default reserve is this share of the CT's largest voxel dimension (at least
-#: MIN_RESERVE_MM). It is not capped: on 44 phantoms with 5 mm slices of 5 mm thickness,
-#: a reserve of 2 mm let 3 of 27 plans fail on the truth, one with its core 1.2 mm closer
-#: to a table than the segmentation showed
-#: (``benchmarks/results/cohort_44_5mm_thick_reserve2.csv``); 2.5 mm let none fail, and
-#: planned 4 (``cohort_44_5mm_thick.csv``).
+#: The default reserve is this share of the CT's resolution: its largest voxel dimension
+#: or its slice thickness, whichever is larger (at least MIN_RESERVE_MM). It is not
+#: capped: on 44 phantoms with 5 mm slices of 5 mm thickness, a reserve of 2 mm let 3 of
+#: 27 plans fail on the truth, one with its core 1.2 mm closer to a table than the
+#: segmentation showed (``benchmarks/results/cohort_44_5mm_thick_reserve2.csv``); 2.5 mm
+#: let none fail, and planned 4 (``cohort_44_5mm_thick.csv``).
 RESERVE_PER_VOXEL = 0.5
-#: The largest voxel dimension of the CTs the safety study validates the planner on:
-#: the one whose default reserve is the least.
+#: The coarsest voxels and slices the safety study validates the planner on: those
+#: whose default reserve is the least.
 VALIDATED_VOXEL_MM = MIN_RESERVE_MM / RESERVE_PER_VOXEL
 
 #: Clearance (mm) between the needle surface and each structure, by name.
@@ -186,8 +186,9 @@ class PlanningParameters:
         minimum core half of it; the incidence 1 deg per mm; the needle's reach, from
         the skin, none), so that a proposed plan
         still passes when the true anatomy differs from the segmentation by about a
-        voxel. Checks judge at the limits themselves. None: half the CT's largest voxel
-        dimension, at least :data:`MIN_RESERVE_MM` (1.25).
+        voxel. Checks judge at the limits themselves. None: half the CT's resolution
+        (its largest voxel dimension, or its slice thickness where that is larger), at
+        least :data:`MIN_RESERVE_MM` (1.25).
     """
 
     needle: Needle = NEEDLES["11G-100"]
@@ -242,11 +243,12 @@ class PlanningParameters:
         """The cranio-caudal limit in force (in-plane tolerance or gantry tilt)."""
         return self.in_plane_tolerance_deg if self.in_plane_only else self.max_craniocaudal_deg
 
-    def reserve_for(self, largest_voxel_mm: float) -> float:
-        """The search reserve in mm for a CT whose largest voxel dimension is given."""
+    def reserve_for(self, resolution_mm: float) -> float:
+        """The search reserve in mm for a CT of the given resolution
+        (:attr:`~bmbx_plan.volume.Volume.resolution_mm`)."""
         if self.reserve_mm is not None:
             return float(self.reserve_mm)
-        return float(max(RESERVE_PER_VOXEL * largest_voxel_mm, MIN_RESERVE_MM))
+        return float(max(RESERVE_PER_VOXEL * resolution_mm, MIN_RESERVE_MM))
 
     def margin(self, name: str) -> float:
         """The clearance in mm required around ``name``."""

@@ -91,7 +91,7 @@ class Planner:
         self._say = progress or (lambda _msg: None)
         self._fields: dict[Side, SideFields] = {}
         #: The search's reserve beyond each limit (mm), see PlanningParameters.reserve_mm.
-        self.reserve_mm = self.parameters.reserve_for(float(anatomy.labels.spacing_mm.max()))
+        self.reserve_mm = self.parameters.reserve_for(anatomy.labels.resolution_mm)
 
     def longer_needles(self) -> list[Needle]:
         """The catalogue's needles of this needle's diameter that reach further, shortest
@@ -386,13 +386,19 @@ class Planner:
         )
 
     def _coarse_ct(self) -> list[str]:
-        """What a CT coarser than the validated voxels means for its plans."""
-        voxel = float(self.anatomy.labels.spacing_mm.max())
-        if voxel <= VALIDATED_VOXEL_MM + 1e-6:
+        """What a CT coarser than the validated voxels and slices means for its plans."""
+        ct = self.anatomy.labels
+        if ct.resolution_mm <= VALIDATED_VOXEL_MM + 1e-6:
             return []
+        voxel = float(ct.spacing_mm.max())
+        coarse = (
+            f"This CT's voxels measure up to {voxel:.1f} mm"
+            if voxel >= ct.resolution_mm
+            else f"This CT's slices are {ct.resolution_mm:.1f} mm thick"
+        )
         line = (
-            f"This CT's voxels measure up to {voxel:.1f} mm: the planner's safety is "
-            f"measured on thin-slice CTs with voxels of {VALIDATED_VOXEL_MM:.1f} mm or less"
+            f"{coarse}: the planner's safety is measured on CTs whose voxels and slices "
+            f"measure {VALIDATED_VOXEL_MM:.1f} mm or less"
         )
         if self.parameters.reserve_mm is None:
             larger = 100.0 * (self.reserve_mm / MIN_RESERVE_MM - 1.0)

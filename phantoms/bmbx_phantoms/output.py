@@ -50,6 +50,7 @@ def write_phantom(
                 seed=phantom.truth["seed"],
                 compress=compress,
                 series_description=f"bmbx_phantoms {phantom.truth['preset']}",
+                slice_thickness_mm=phantom.ct.info.slice_thickness_mm,
             )
             written["dicom"] = "dicom"
         if nifti:

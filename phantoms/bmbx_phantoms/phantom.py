@@ -507,6 +507,7 @@ def make_phantom(
         modality="CT",
         patient_position=position,
         manufacturer="bmbx_phantoms",
+        slice_thickness_mm=params.slice_thickness_mm or None,
     )
     ct_volume = scan.volume(ct).with_info(info)
     label_volume = scan.volume(labels).with_info(info)

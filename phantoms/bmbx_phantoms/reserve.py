@@ -77,7 +77,7 @@ def judged_lines(
     seg = Planner(anatomy, PlanningParameters(reserve_mm=0.0))
     truth = Planner(truth_anatomy(phantom), PlanningParameters(reserve_mm=0.0))
     # the reserve the planner keeps on this CT (the shares are applied in the table)
-    reserve = PlanningParameters().reserve_for(float(anatomy.labels.spacing_mm.max()))
+    reserve = PlanningParameters().reserve_for(anatomy.labels.resolution_mm)
     rng = np.random.default_rng(seed)
     about = {**about, "reserve_mm": reserve}
     rows = []
