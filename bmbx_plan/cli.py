@@ -73,6 +73,8 @@ def _cmd_phantom(args: argparse.Namespace, out: _Reporter) -> int:
         overrides["pixel_spacing_mm"] = args.pixel_spacing_mm
     if args.slice_spacing_mm is not None:
         overrides["slice_spacing_mm"] = args.slice_spacing_mm
+    if args.slice_thickness_mm is not None:
+        overrides["slice_thickness_mm"] = args.slice_thickness_mm
     try:  # check the preset and parameters before any work
         resolve_parameters(args.preset, seed=args.seed, **overrides)
     except ValueError as exc:
@@ -301,6 +303,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     ph.add_argument("--pixel-spacing-mm", type=float, help="in-plane voxel size (default 2.0)")
     ph.add_argument("--slice-spacing-mm", type=float, help="slice spacing (default 2.5)")
+    ph.add_argument(
+        "--slice-thickness-mm",
+        type=float,
+        help="each slice averages the scene over this thickness (default 0: thin slices)",
+    )
     ph.add_argument("--nifti", action="store_true", help="also write ct.nii.gz")
     ph.add_argument("--no-dicom", action="store_true", help="skip the DICOM series")
     ph.add_argument("--compress", choices=["rle", "jpeg2000"], help="lossless DICOM compression")

@@ -43,6 +43,7 @@ def test_phantom_command_writes_the_contract_files(tmp_path: Path) -> None:
         ["phantom", "--preset", "no_such_preset"],
         ["phantom", "--anatomy", "/nonexistent/pelvis"],
         ["phantom", "--pixel-spacing-mm", "-1"],
+        ["phantom", "--slice-thickness-mm", "-1"],
     ],
 )
 def test_bad_phantom_options_exit_2_without_writing(tmp_path: Path, args: list[str]) -> None:
@@ -75,12 +76,17 @@ def test_phantom_with_anatomy_folder_missing_a_mesh_exits_2(tmp_path: Path) -> N
 
 def test_info_reports_the_series_and_bad_input_exits_2(tmp_path: Path) -> None:
     out = tmp_path / "ph"
-    assert main(["--quiet", "phantom", "--out", str(out), "--position", "HFS", *SMALL]) == 0
+    thick = ["--slice-thickness-mm", "10"]  # slices 5 mm apart, each 10 mm thick
+    assert (
+        main(["--quiet", "phantom", "--out", str(out), "--position", "HFS", *SMALL, *thick]) == 0
+    )
     result = _run("--quiet", "info", str(out / "dicom"))
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["patient_position"] == "HFS"
     assert report["modality"] == "CT"
+    assert report["spacing_mm"] == [4.0, 4.0, 5.0]
+    assert report["slice_thickness_mm"] == 10.0
     empty = tmp_path / "empty"
     empty.mkdir()
     result = _run("info", str(empty))
