@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -293,24 +294,20 @@ def test_no_bone_is_refused() -> None:
         segment_pelvis(soft)
 
 
+Pengwin = Callable[[str], tuple[Volume, list[np.ndarray]]]
 _PENGWIN: dict[str, tuple[object, list[np.ndarray], np.ndarray]] = {}
 
 
-def _pengwin(case: str) -> tuple[object, list[np.ndarray], np.ndarray]:
+def _pengwin(pengwin: Pengwin, case: str) -> tuple[object, list[np.ndarray], np.ndarray]:
     """Segmentation, expert masks (left, right, sacrum) and the crest-to-acetabular-roof
     region of one PENGWIN case (segmented once per session)."""
     if case in _PENGWIN:
         return _PENGWIN[case]
-    folder = DATA / "real" / "pengwin_bone_only" / case
-    if not folder.is_dir():
-        pytest.skip(f"{folder} is absent")
     from bmbx_phantoms.femur import acetabulum
     from bmbx_plan.mesh import mesh_from_mask
 
-    parts = [load_ct(folder / f"{case}_{n}.nii.gz") for n in ("LI", "RI", "SA")]
-    ct = parts[0].with_array(np.maximum.reduce([p.array for p in parts]))
+    ct, truth = pengwin(case)
     anatomy = segment_pelvis(ct)
-    truth = [load_ct(folder / f"{case}_{n}_mask.nii.gz").array > 0 for n in ("LI", "RI", "SA")]
     # The acetabular roof: top of the sphere fitted to each expert hip's acetabulum.
     roofs = []
     for mask, side in zip(truth[:2], ("left", "right"), strict=True):
@@ -329,8 +326,8 @@ def _pengwin(case: str) -> tuple[object, list[np.ndarray], np.ndarray]:
 
 @pytest.mark.realdata
 @pytest.mark.parametrize("case", ["001", "003", "005"])
-def test_pengwin_hip_bones(case: str) -> None:
-    anatomy, truth, region = _pengwin(case)
+def test_pengwin_hip_bones(pengwin: Pengwin, case: str) -> None:
+    anatomy, truth, region = _pengwin(pengwin, case)
     for side, mask in zip(("left", "right"), truth[:2], strict=True):
         assert _dice(anatomy.ilium(side) & region, mask & region) >= 0.93, side
     assert not anatomy.has_skin  # bone-only data: no air, no skin
@@ -356,8 +353,8 @@ def test_pengwin_hip_bones(case: str) -> None:
         "005",
     ],
 )
-def test_pengwin_sacrum(case: str) -> None:
-    anatomy, truth, region = _pengwin(case)
+def test_pengwin_sacrum(pengwin: Pengwin, case: str) -> None:
+    anatomy, truth, region = _pengwin(pengwin, case)
     assert _dice(anatomy.mask("sacrum") & region, truth[2] & region) >= 0.93
 
 

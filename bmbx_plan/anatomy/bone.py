@@ -351,7 +351,7 @@ def partial_volume_rim(bone: Mask, ct: Volume, *, threshold_hu: float) -> Mask:
     sub = np.pad(bone[box], pad)
     beyond = np.ones(sub.shape, bool)
     beyond[(slice(pad, -pad),) * 3] = False
-    hu = np.pad(np.asarray(ct.array, np.float32)[box], pad)
+    hu = np.pad(np.asarray(ct.array)[box].astype(np.float32), pad)
     soft = ~sub & ~beyond & (hu < threshold_hu)
     outer = sub & ~ndimage.binary_erosion(sub | beyond) & (hu >= threshold_hu)
     at = np.flatnonzero(outer)
