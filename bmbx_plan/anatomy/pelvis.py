@@ -33,6 +33,14 @@ _LATERAL_SEED_MM = 65.0
 _CLEFT_HALF_WIDTH_MM = 1.5
 # A joint space has dense bone on both sides within this distance along one axis.
 _SHEET_REACH_MM = 3.0
+# A joint narrower than the scanner's blur (1-2 mm, or a 1 mm grid) stays above the
+# threshold at its centre; it shows as a valley between two cortices within this distance
+# along one axis ...
+_VALLEY_REACH_MM = 2.0
+# ... denser than any marrow (red marrow reaches about 350 HU) ...
+_VALLEY_CORTEX_HU = 500.0
+# ... and it is looked for in slabs of this many slices (the temporaries stay small).
+_VALLEY_SLAB = 32
 # A femur is a piece on one side whose top lies this far below the top of the hip bone.
 _FEMUR_BELOW_CREST_MM = 60.0
 # The femoral shaft: bone in the lowest slices of the scan, this far from the midline
@@ -73,7 +81,8 @@ def joint_clefts(bone: Mask, ct: Volume, *, bone_threshold_hu: float) -> Mask:
     """Thin sheets of filled, low-density bone: joint clefts enclosed between two
     cortices (and the outer layer of marrow).
 
-    These are the voxels of ``bone`` below the threshold that lie within
+    These are the low-density voxels of ``bone`` (below the threshold, or a valley between
+    two cortices that the blur lifts above it, see :func:`_low_density`) that lie within
     ``_CLEFT_HALF_WIDTH_MM`` of a voxel that is not, and always those next to one: on a
     grid coarser than the half-width a 2 mm cleft is one voxel between two cortices (a
     small erosion, see :func:`_cleft_structure`: a distance transform of the whole bone
@@ -98,7 +107,7 @@ def joint_clefts(bone: Mask, ct: Volume, *, bone_threshold_hu: float) -> Mask:
     structure = _cleft_structure(ct.spacing_mm)
     # Background beyond the bone's box must be seen: pad by more than the ball's reach.
     box = bounding_box(bone, max(structure.shape) // 2 + 1)
-    low = bone[box] & (np.asarray(ct.array)[box] < bone_threshold_hu)
+    low = bone[box] & _low_density(ct, box, bone_threshold_hu)
     # border_value=1: like the distance transform, the edge of the scan is no background.
     out[box] = low & ~ndimage.binary_erosion(low, structure=structure, border_value=1)
     return out
@@ -117,9 +126,9 @@ def _cleft_structure(spacing_mm: NDArray[np.float64]) -> Mask:
 def joint_sheets(
     bone: Mask, ct: Volume, *, bone_threshold_hu: float, box: Box | None = None
 ) -> Mask:
-    """Joint spaces: voxels of ``bone`` below the threshold with dense bone on both sides
-    along one grid axis within ``_SHEET_REACH_MM`` (the nearest whole number of voxels,
-    at least one).
+    """Joint spaces: low-density voxels of ``bone`` (as in :func:`joint_clefts`) with
+    dense bone on both sides along one grid axis within ``_SHEET_REACH_MM`` (the nearest
+    whole number of voxels, at least one).
 
     Unlike :func:`joint_clefts` this leaves out the outer layer of thick marrow, which has
     cortex on one side only; marrow thinner than twice the reach (a thin wing) does count.
@@ -141,29 +150,53 @@ def joint_sheets(
     """
     out = np.zeros(bone.shape, bool)
     box = tuple(slice(0, n) for n in bone.shape) if box is None else box
-    hu = np.asarray(ct.array)[box]
-    low = bone[box] & (hu < bone_threshold_hu)
+    low = bone[box] & _low_density(ct, box, bone_threshold_hu)
     if not low.any():
         return out
     dense = bone[box] & ~low
     sheet = np.zeros(low.shape, bool)
     for axis, spacing in enumerate(ct.spacing_mm):
         steps = max(1, int(_SHEET_REACH_MM / float(spacing) + 0.5))
-        sheet |= _dense_within(dense, axis, steps, 1) & _dense_within(dense, axis, steps, -1)
+        sheet |= _highest_within(dense, axis, steps, 1) & _highest_within(dense, axis, steps, -1)
     out[box] = low & sheet
     return out
 
 
-def _dense_within(dense: Mask, axis: int, steps: int, direction: int) -> Mask:
-    """Whether ``dense`` holds a voxel 1 to ``steps`` voxels from each voxel along
-    ``axis`` in ``direction`` (+1: higher indices); nothing lies beyond the array."""
-    out = np.zeros_like(dense)
-    n = dense.shape[axis]
+def _low_density(ct: Volume, box: Box, bone_threshold_hu: float) -> Mask:
+    """Voxels of ``box`` below the threshold, or darker than half-way between it and the
+    cortex on both sides of them along one grid axis: a joint cleft whose centre the blur
+    lifts above the threshold (see :data:`_VALLEY_REACH_MM`)."""
+    hu = np.asarray(ct.array)[box]
+    out = hu < bone_threshold_hu
+    steps = [max(1, int(_VALLEY_REACH_MM / float(s) + 0.5)) for s in ct.spacing_mm]
+    n = hu.shape[0]
+    for start in range(0, n, _VALLEY_SLAB):
+        stop = min(start + _VALLEY_SLAB, n)
+        # the slab and the slices within reach of it
+        lo, hi = max(start - steps[0], 0), min(stop + steps[0], n)
+        slab = np.asarray(hu[lo:hi], dtype=np.float32)
+        valley = np.zeros(slab.shape, bool)
+        for axis, reach in enumerate(steps):
+            sides = np.minimum(
+                _highest_within(slab, axis, reach, 1), _highest_within(slab, axis, reach, -1)
+            )
+            valley |= (sides >= _VALLEY_CORTEX_HU) & (slab < 0.5 * (sides + bone_threshold_hu))
+        out[start:stop] |= valley[start - lo : stop - lo]
+    return out
+
+
+def _highest_within(values: NDArray, axis: int, steps: int, direction: int) -> NDArray:
+    """The highest of ``values`` 1 to ``steps`` voxels from each voxel along ``axis`` in
+    ``direction`` (+1: higher indices); the lowest value of the dtype (False, -inf) where
+    nothing lies within the array."""
+    lowest = False if values.dtype == bool else -np.inf
+    out = np.full(values.shape, lowest, dtype=values.dtype)
+    n = values.shape[axis]
     for step in range(1, min(steps, n - 1) + 1):
-        near: list[slice] = [slice(None)] * dense.ndim
-        far: list[slice] = [slice(None)] * dense.ndim
+        near: list[slice] = [slice(None)] * values.ndim
+        far: list[slice] = [slice(None)] * values.ndim
         near[axis], far[axis] = (slice(0, n - step), slice(step, n))[::direction]
-        out[tuple(near)] |= dense[tuple(far)]
+        np.maximum(out[tuple(near)], values[tuple(far)], out=out[tuple(near)])
     return out
 
 
