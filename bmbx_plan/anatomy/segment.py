@@ -676,16 +676,14 @@ def _segment(
     landmarks = pelvis_landmarks(fit, masks=(split.ilium_left, split.ilium_right), grid=ct)
     _check_coverage(ct, {**parts}, landmarks, source)
     split = _without_cavities(split)
-    # the bones end at the blurred edge (where the needle meets the tables and the core
-    # keeps clear of them), not where the blur falls below the shell threshold
+    # the hip bones' tables where the needle meets and the core keeps clear of them: at
+    # the blurred edge, not where the blur falls below the shell threshold. The sacrum, a
+    # keep-out, keeps the blurred layer (as experts draw it): larger is the safe side.
     rim = partial_volume_rim(
-        split.ilium_left | split.ilium_right | split.sacrum, ct, threshold_hu=bone_threshold_hu
+        split.ilium_left | split.ilium_right, ct, threshold_hu=bone_threshold_hu
     )
     split = replace(
-        split,
-        ilium_left=split.ilium_left & ~rim,
-        ilium_right=split.ilium_right & ~rim,
-        sacrum=split.sacrum & ~rim,
+        split, ilium_left=split.ilium_left & ~rim, ilium_right=split.ilium_right & ~rim
     )
     del rim
     canal = _sacral_canal(split.sacrum, fit, ct, bone_threshold_hu)
