@@ -219,18 +219,20 @@ def test_the_joint_splits_the_bones_on_the_cohort_grid(
         assert _dice(anatomy.ilium(side), truth) >= 0.95, side
 
 
+def _segmented_at_1_mm(seed: int, preset: str) -> tuple:
+    """A prone (HFP) phantom at 1 x 1 x 1.25 mm, a clinical planning CT, and its
+    segmentation."""
+    ph = make_phantom(
+        seed=seed, position="HFP", preset=preset, pixel_spacing_mm=1.0, slice_spacing_mm=1.25
+    )
+    return ph, segment_pelvis(ph.ct)
+
+
 def test_a_narrow_joint_splits_the_bones_at_clinical_resolution() -> None:
     # At 1 x 1 x 1.25 mm this phantom's 1 mm SI joints stay above the shell threshold;
     # before valleys between cortices counted as clefts, the hip bones took 3,000 voxels
     # of the sacrum on each side (now 750 and 580).
-    ph = make_phantom(
-        seed=1004,
-        position="HFP",
-        preset="no_safe_right",
-        pixel_spacing_mm=1.0,
-        slice_spacing_mm=1.25,
-    )
-    anatomy = segment_pelvis(ph.ct)
+    ph, anatomy = _segmented_at_1_mm(1004, "no_safe_right")
     labels = ph.labels.array
     sacrum = labels == TRUTH_LABELS["sacrum"]
     for side in ("left", "right"):
@@ -265,14 +267,7 @@ def test_at_clinical_resolution_no_hip_bone_goes_to_the_far_femur() -> None:
     # At 1 mm voxels this phantom's pubic bodies meet at the symphysis without a visible
     # cleft: the first split gave the left one to the right side, which then took it for
     # the right femur (left hip bone Dice 0.95, 11k voxels lost).
-    ph = make_phantom(
-        seed=5,
-        position="HFP",
-        preset="narrow_corridor",
-        pixel_spacing_mm=1.0,
-        slice_spacing_mm=1.25,
-    )
-    anatomy = segment_pelvis(ph.ct)
+    ph, anatomy = _segmented_at_1_mm(5, "narrow_corridor")
     for side, other in (("left", "right"), ("right", "left")):
         truth = np.isin(ph.labels.array, ilium_labels(side))
         far_femur = anatomy.mask(f"femur_{other}")
