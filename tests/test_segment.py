@@ -157,9 +157,9 @@ def test_low_density_matches_a_voxel_by_voxel_reference() -> None:
     ct = Volume.from_components(hu, spacing_mm=spacing)
     box = (slice(2, shape[0] - 1), slice(0, 7), slice(1, 8))
     found = pelvis._low_density(ct, box, 130.0)
-    sub = hu[box].astype(float)
-    expected = sub < 130.0
-    for at in np.ndindex(sub.shape):
+    whole = hu.astype(float)
+    expected = whole < 130.0
+    for at in np.ndindex(shape):
         for axis in range(3):
             reach = max(1, int(2.0 / spacing[axis] + 0.5))
             sides = []
@@ -168,13 +168,38 @@ def test_low_density_matches_a_voxel_by_voxel_reference() -> None:
                 for step in range(1, reach + 1):
                     probe = list(at)
                     probe[axis] += sign * step
-                    if 0 <= probe[axis] < sub.shape[axis]:
-                        values.append(sub[tuple(probe)])
+                    if 0 <= probe[axis] < shape[axis]:  # the sides may lie beyond the box
+                        values.append(whole[tuple(probe)])
                 sides.append(max(values))
             cortex = min(sides)
-            expected[at] |= cortex >= 500.0 and sub[at] < 0.5 * (cortex + 130.0)
-    assert (expected & (sub >= 130.0)).sum() > 100  # valleys above the threshold
+            expected[at] |= cortex >= 500.0 and whole[at] < 0.5 * (cortex + 130.0)
+    expected = expected[box]
+    assert (expected & (hu[box] >= 130.0)).sum() > 100  # valleys above the threshold
     assert np.array_equal(found, expected)
+
+
+def test_clefts_and_sheets_are_the_same_from_a_low_density_mask_at_hand() -> None:
+    from bmbx_plan.anatomy.pelvis import low_density_bone
+
+    rng = np.random.default_rng(5)
+    shape = (40, 30, 34)
+    hu = rng.choice(np.array([0, 250, 400, 600, 900], np.int16), size=shape)
+    hu = ndimage.uniform_filter(hu, 2)  # some structure, some valleys
+    ct = Volume.from_components(hu, spacing_mm=(2.5, 1.0, 0.8))
+    bone = np.zeros(shape, bool)
+    bone[3:35, 2:27, 5:30] = rng.random((32, 25, 25)) > 0.1
+    low = low_density_bone(bone, ct, bone_threshold_hu=300.0)
+    assert low.any()
+    assert not (low & ~bone).any()
+    clefts = joint_clefts(bone, ct, bone_threshold_hu=300.0)
+    assert clefts.any()
+    assert np.array_equal(joint_clefts(bone, ct, bone_threshold_hu=300.0, low=low), clefts)
+    box = (slice(10, 30), slice(0, 30), slice(4, 20))
+    sheets = joint_sheets(bone, ct, bone_threshold_hu=300.0, box=box)
+    assert sheets.any()
+    assert np.array_equal(
+        joint_sheets(bone, ct, bone_threshold_hu=300.0, box=box, low=low), sheets
+    )
 
 
 @pytest.mark.parametrize("spacing_mm", [(1.0, 1.0, 1.0), (0.7, 0.7, 0.7)])

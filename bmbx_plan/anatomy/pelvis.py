@@ -19,7 +19,7 @@ from bmbx_plan.anatomy._grid import Box, ball, bounding_box, components
 from bmbx_plan.distance import distance_mm
 from bmbx_plan.volume import Volume
 
-__all__ = ["PelvisBones", "joint_clefts", "joint_sheets", "split_pelvis"]
+__all__ = ["PelvisBones", "joint_clefts", "joint_sheets", "low_density_bone", "split_pelvis"]
 
 Mask = NDArray[np.bool_]
 
@@ -77,7 +77,9 @@ def _components(mask: Mask) -> list[Mask]:
     return [labels == n for n in range(1, count + 1)]
 
 
-def joint_clefts(bone: Mask, ct: Volume, *, bone_threshold_hu: float) -> Mask:
+def joint_clefts(
+    bone: Mask, ct: Volume, *, bone_threshold_hu: float, low: Mask | None = None
+) -> Mask:
     """Thin sheets of filled, low-density bone: joint clefts enclosed between two
     cortices (and the outer layer of marrow).
 
@@ -96,6 +98,8 @@ def joint_clefts(bone: Mask, ct: Volume, *, bone_threshold_hu: float) -> Mask:
         HU and geometry.
     bone_threshold_hu : float
         The shell threshold the bone mask was made with.
+    low : (K, J, I) bool ndarray, optional
+        :func:`low_density_bone` of ``bone``, when it is already at hand.
 
     Returns
     -------
@@ -107,9 +111,9 @@ def joint_clefts(bone: Mask, ct: Volume, *, bone_threshold_hu: float) -> Mask:
     structure = _cleft_structure(ct.spacing_mm)
     # Background beyond the bone's box must be seen: pad by more than the ball's reach.
     box = bounding_box(bone, max(structure.shape) // 2 + 1)
-    low = bone[box] & _low_density(ct, box, bone_threshold_hu)
+    sub = bone[box] & _low_density(ct, box, bone_threshold_hu) if low is None else low[box]
     # border_value=1: like the distance transform, the edge of the scan is no background.
-    out[box] = low & ~ndimage.binary_erosion(low, structure=structure, border_value=1)
+    out[box] = sub & ~ndimage.binary_erosion(sub, structure=structure, border_value=1)
     return out
 
 
@@ -124,7 +128,12 @@ def _cleft_structure(spacing_mm: NDArray[np.float64]) -> Mask:
 
 
 def joint_sheets(
-    bone: Mask, ct: Volume, *, bone_threshold_hu: float, box: Box | None = None
+    bone: Mask,
+    ct: Volume,
+    *,
+    bone_threshold_hu: float,
+    box: Box | None = None,
+    low: Mask | None = None,
 ) -> Mask:
     """Joint spaces: low-density voxels of ``bone`` (as in :func:`joint_clefts`) with
     dense bone on both sides along one grid axis within ``_SHEET_REACH_MM`` (the nearest
@@ -143,6 +152,8 @@ def joint_sheets(
         The shell threshold the bone mask was made with.
     box : tuple of slice, optional
         Look only here (the whole grid by default).
+    low : (K, J, I) bool ndarray, optional
+        :func:`low_density_bone` of ``bone``, when it is already at hand.
 
     Returns
     -------
@@ -150,7 +161,7 @@ def joint_sheets(
     """
     out = np.zeros(bone.shape, bool)
     box = tuple(slice(0, n) for n in bone.shape) if box is None else box
-    low = bone[box] & _low_density(ct, box, bone_threshold_hu)
+    low = bone[box] & _low_density(ct, box, bone_threshold_hu) if low is None else low[box]
     if not low.any():
         return out
     dense = bone[box] & ~low
@@ -162,26 +173,51 @@ def joint_sheets(
     return out
 
 
+def low_density_bone(bone: Mask, ct: Volume, *, bone_threshold_hu: float) -> Mask:
+    """The voxels of ``bone`` that :func:`joint_clefts` and :func:`joint_sheets` treat as
+    low-density (see :func:`_low_density`), on the whole grid: compute it once when both
+    are needed."""
+    out = np.zeros(bone.shape, bool)
+    if bone.any():
+        box = bounding_box(bone, 0)
+        out[box] = bone[box] & _low_density(ct, box, bone_threshold_hu)
+    return out
+
+
+def _valley_steps(spacing_mm: NDArray[np.float64]) -> list[int]:
+    """:data:`_VALLEY_REACH_MM` in whole voxels along each axis, at least one."""
+    return [max(1, int(_VALLEY_REACH_MM / float(s) + 0.5)) for s in spacing_mm]
+
+
 def _low_density(ct: Volume, box: Box, bone_threshold_hu: float) -> Mask:
     """Voxels of ``box`` below the threshold, or darker than half-way between it and the
     cortex on both sides of them along one grid axis: a joint cleft whose centre the blur
-    lifts above the threshold (see :data:`_VALLEY_REACH_MM`)."""
-    hu = np.asarray(ct.array)[box]
-    out = hu < bone_threshold_hu
-    steps = [max(1, int(_VALLEY_REACH_MM / float(s) + 0.5)) for s in ct.spacing_mm]
-    n = hu.shape[0]
-    for start in range(0, n, _VALLEY_SLAB):
-        stop = min(start + _VALLEY_SLAB, n)
+    lifts above the threshold (see :data:`_VALLEY_REACH_MM`). The sides are looked for on
+    the whole CT, beyond the box too."""
+    ct_hu = np.asarray(ct.array)
+    out = ct_hu[box] < bone_threshold_hu
+    steps = _valley_steps(ct.spacing_mm)
+    # the box grown by the reach across the slabs, clipped to the CT
+    grown = [
+        slice(max(b.start - r, 0), min(b.stop + r, n))
+        for b, r, n in zip(box, steps, ct_hu.shape, strict=True)
+    ]
+    crop = tuple(
+        slice(b.start - g.start, b.stop - g.start) for b, g in zip(box[1:], grown[1:], strict=True)
+    )
+    for start in range(box[0].start, box[0].stop, _VALLEY_SLAB):
+        stop = min(start + _VALLEY_SLAB, box[0].stop)
         # the slab and the slices within reach of it
-        lo, hi = max(start - steps[0], 0), min(stop + steps[0], n)
-        slab = np.asarray(hu[lo:hi], dtype=np.float32)
+        lo, hi = max(start - steps[0], 0), min(stop + steps[0], ct_hu.shape[0])
+        slab = np.asarray(ct_hu[(slice(lo, hi), *grown[1:])], dtype=np.float32)
         valley = np.zeros(slab.shape, bool)
         for axis, reach in enumerate(steps):
             sides = np.minimum(
                 _highest_within(slab, axis, reach, 1), _highest_within(slab, axis, reach, -1)
             )
             valley |= (sides >= _VALLEY_CORTEX_HU) & (slab < 0.5 * (sides + bone_threshold_hu))
-        out[start:stop] |= valley[start - lo : stop - lo]
+        first = start - box[0].start
+        out[first : first + stop - start] |= valley[(slice(start - lo, stop - lo), *crop)]
     return out
 
 

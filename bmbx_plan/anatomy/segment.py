@@ -28,7 +28,13 @@ from bmbx_plan.anatomy.bone import (
 )
 from bmbx_plan.anatomy.external import ExternalMasks, load_external_masks
 from bmbx_plan.anatomy.landmarks import ShapeFit, fit_shape_model, pelvis_landmarks
-from bmbx_plan.anatomy.pelvis import PelvisBones, joint_clefts, joint_sheets, split_pelvis
+from bmbx_plan.anatomy.pelvis import (
+    PelvisBones,
+    joint_clefts,
+    joint_sheets,
+    low_density_bone,
+    split_pelvis,
+)
 from bmbx_plan.anatomy.shape_model import ShapeModel
 from bmbx_plan.distance import distance_mm
 from bmbx_plan.io.errors import InputError
@@ -262,17 +268,18 @@ def _refine_femurs(
 
 
 def _sheets_at_joints(
-    bone: Mask, ct: Volume, work: WorkGrid, sacrum: Mask, bone_threshold_hu: float
+    bone: Mask, low: Mask, ct: Volume, work: WorkGrid, sacrum: Mask, bone_threshold_hu: float
 ) -> Mask:
     """The :func:`joint_sheets` in the box of ``sacrum`` (on ``work.coarse``: the first
     pass's and the fitted one, since the first pass can cut deep into the sacrum) grown by
     :data:`_SHEET_SEARCH_MM`, found on the CT and marking their blocks on the working grid
-    (a one-voxel joint space must survive the coarser grid)."""
+    (a one-voxel joint space must survive the coarser grid); ``low`` is the
+    :func:`~bmbx_plan.anatomy.pelvis.low_density_bone` of ``bone``."""
     if not sacrum.any():
         return np.zeros(work.coarse.shape, bool)
     pad = int(np.ceil(_SHEET_SEARCH_MM / work.coarse.spacing_mm.min()))
     box = work.fine_box(bounding_box(sacrum, pad))
-    sheets = joint_sheets(bone, ct, bone_threshold_hu=bone_threshold_hu, box=box)
+    sheets = joint_sheets(bone, ct, bone_threshold_hu=bone_threshold_hu, box=box, low=low)
     return work.pool(sheets, min_fraction=0.0)
 
 
@@ -425,7 +432,8 @@ def _split_bones(
     cuts between bones are re-drawn at full resolution.
     """
     work = WorkGrid.of(ct)
-    clefts = joint_clefts(bone, ct, bone_threshold_hu=bone_threshold_hu)
+    low = low_density_bone(bone, ct, bone_threshold_hu=bone_threshold_hu)
+    clefts = joint_clefts(bone, ct, bone_threshold_hu=bone_threshold_hu, low=low)
     coarse_bone = work.pool(bone, min_fraction=0.5)
     # Any cleft voxel marks its block: a 2 mm cleft must survive the coarser grid.
     coarse_clefts = work.pool(clefts, min_fraction=0.0) & coarse_bone
@@ -459,9 +467,9 @@ def _split_bones(
     # Each fitted bone is voxelized once and serves every pass on the working grid.
     fitted = [voxelize(mesh, work.coarse) for mesh in fit.meshes]
     split = _refine_femurs(split, fit, fitted, work.coarse)
-    sheets = _sheets_at_joints(bone, ct, work, split.sacrum | fitted[2], bone_threshold_hu)
+    sheets = _sheets_at_joints(bone, low, ct, work, split.sacrum | fitted[2], bone_threshold_hu)
     split = _reconcile_with_fit(split, fitted, work.coarse, sheets)
-    del fitted
+    del fitted, low
     labels = to_full_resolution(work, _label_map(split), bone, lambda box: clefts[box])
     split = _bones_on_grid(labels, split)
     del labels
