@@ -16,7 +16,7 @@ operation).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import pairwise
@@ -66,6 +66,20 @@ def bounding_box(mask: Mask, pad: int) -> Box:
         slice(max(int(w.min()) - pad, 0), min(int(w.max()) + pad + 1, n))
         for w, n in zip(where, mask.shape, strict=True)
     )
+
+
+def grown_box(box: Box, pad: int | Sequence[int], shape: Sequence[int]) -> tuple[Box, Box]:
+    """``box`` grown by ``pad`` voxels (one number, or one per axis) within an array of
+    ``shape``, and where ``box`` lies inside the grown box."""
+    pads = [pad] * len(box) if isinstance(pad, int) else list(pad)
+    grown = tuple(
+        slice(max(b.start - p, 0), min(b.stop + p, n))
+        for b, p, n in zip(box, pads, shape, strict=True)
+    )
+    inner = tuple(
+        slice(b.start - g.start, b.stop - g.start) for b, g in zip(box, grown, strict=True)
+    )
+    return grown, inner
 
 
 def components(mask: Mask, *, corners: bool = False) -> tuple[NDArray[np.integer], int]:

@@ -16,11 +16,13 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from bmbx_plan.anatomy._grid import (
+    Box,
     ball,
     bounding_box,
     closing,
     components,
     enclosed,
+    grown_box,
     holes_per_slice,
     in_slabs,
 )
@@ -63,10 +65,24 @@ _LUMEN_GRID_MM = 1.5
 # piece of marrow or trabecular bone of that density on less (phantoms: at most 0.24;
 # real bone without soft tissue around it: up to 0.53) ...
 _LUMEN_OUTSIDE_SHARE = 0.6
-# ... and is as uniform as the noise (standard deviation of the blocks: phantoms 14-23 HU),
-# where trabecular bone is not (real bone: 40-95 HU; phantom marrow has no trabecular
-# texture, so only its surface tells it from a lumen).
+# ... and is as uniform as the noise within its core (standard deviation of the blocks:
+# phantoms 14-23 HU), where trabecular bone is not (real bone: 40-95 HU; phantom marrow
+# has no trabecular texture, so only its surface tells it from a lumen).
 _LUMEN_MAX_SD_HU = 35.0
+# Pools of contrast denser than cortex can be (positive oral contrast in the bowel,
+# 200-1500 HU; an excretory bladder, up to 2000 HU) are the same kind of piece among the
+# voxels above this: a band overlapping the first, so that a pool whose noise straddles
+# _LUMEN_MAX_HU lies whole in one of them. A cortex is too thin to be such a piece.
+_POOL_MIN_HU = 400.0
+# A pool's surface is judged beyond its blurred edge: up to this many voxels (of the
+# search's grid) out from it, through dense voxels no denser than it.
+_POOL_RIM_STEPS = 3
+# ... and, on the CT's voxels, its edge and rim are the voxels within this of the soft
+# tissue (mm; the edge the uniform test leaves out, one block, and the blur beyond).
+_POOL_RIM_MM = 3.0
+# Lumina change what the bone encloses, and loops of bowel against each other are seen
+# only once their neighbours are gone: the search is repeated up to this many times.
+_LUMEN_PASSES = 3
 
 
 def _ball(radius_vox: NDArray[np.float64]) -> Mask:
@@ -107,8 +123,12 @@ def segment_bone(
     if not dense.any():
         return dense
     bone = _fill_shell(dense, ct)
-    lumina = contrast_lumina(hu, dense, bone, ct.spacing_mm)
-    if lumina.any():
+    lumina = np.zeros_like(dense)
+    for _ in range(_LUMEN_PASSES):
+        found = contrast_lumina(hu, dense & ~lumina, bone, ct.spacing_mm)
+        if not found.any():
+            break
+        lumina |= found
         bone = _fill_shell(dense & ~lumina, ct)
     return bone
 
@@ -116,44 +136,130 @@ def segment_bone(
 def contrast_lumina(
     hu: NDArray[np.floating], dense: Mask, bone: Mask, spacing_mm: NDArray[np.float64]
 ) -> Mask:
-    """Contrast-filled vessel lumina among the ``dense`` voxels (the shell threshold).
+    """Contrast-filled lumina among the ``dense`` voxels (the shell threshold): vessels,
+    and bowel and bladder with contrast in them.
 
-    A lumen is a uniform piece of marrow-like density (below :data:`_LUMEN_MAX_HU`),
-    thicker than :data:`_LUMEN_RADIUS_MM` on every side, that meets what ``bone`` (the
-    first fill) leaves outside on most of its surface; marrow and trabecular bone of
-    that density are enclosed by cortex, and trabecular bone is not uniform. On a CT
-    finer than :data:`_LUMEN_GRID_MM` the pieces are looked for on blocks of voxels.
+    A lumen is a uniform piece of marrow-like density (below :data:`_LUMEN_MAX_HU`), or
+    of any density above :data:`_POOL_MIN_HU`, thicker than :data:`_LUMEN_RADIUS_MM` on
+    every side, that meets what ``bone`` (the first fill) leaves outside on most of its
+    surface; marrow and trabecular bone of that density are enclosed by cortex,
+    trabecular bone is not uniform, and a cortex is not that thick. On a CT finer than
+    :data:`_LUMEN_GRID_MM` the pieces are looked for on blocks of voxels.
     """
     lumina = np.zeros_like(dense)
-    box = bounding_box(dense, 1)
-    moderate = dense[box] & (hu[box] < _LUMEN_MAX_HU)
-    step = np.maximum(np.rint(_LUMEN_GRID_MM / np.asarray(spacing_mm)), 1).astype(int)
-    found = _lumen_pieces(
-        _blocks(hu[box], step, np.mean),
-        # a block is of marrow-like density only if all of it is: a thin cortex between
-        # a vessel and the marrow still parts them
-        _blocks(moderate, step, np.all),
-        # and outside where any of it is: a lumen's blurred rim is dense, so part of
-        # the first fill, and fills the blocks around it up to the soft tissue
-        _blocks(~bone[box], step, np.any),
-        spacing_mm * step,
-    )
-    if not found.any():
+    if not dense.any():
         return lumina
-    # back on the CT's voxels, with the lumen's blurred rim: the voxels of marrow-like
-    # density it reaches through such voxels (not through a cortex to the marrow behind)
-    index = np.ix_(
-        *(
-            np.minimum(np.arange(n) // k, m - 1)
-            for n, k, m in zip(moderate.shape, step, found.shape, strict=True)
+    box = bounding_box(dense, 1)
+    step = np.maximum(np.rint(_LUMEN_GRID_MM / np.asarray(spacing_mm)), 1).astype(int)
+    # the blocks the first fill leaves outside where any of their voxels is: a lumen's
+    # blurred rim is dense, so part of the first fill, and fills the blocks around it up
+    # to the soft tissue
+    outside = _blocks(~bone[box], step, np.any)
+    mean = _blocks(hu[box], step, np.mean)
+    moderate = dense[box] & (hu[box] < _LUMEN_MAX_HU)
+    pool = dense[box] & (hu[box] >= _POOL_MIN_HU)
+    # a block is in a band only if all of it is: a thin cortex between a vessel and the
+    # marrow still parts them
+    blocks = [_blocks(moderate, step, np.all), _blocks(pool, step, np.all)]
+    # and in the dense band only where its neighbourhood is uniform: a cortex (its blocks
+    # between marrow and soft tissue) is not, nor the seam where a pool meets one
+    blocks[1] &= _uniform(mean, blocks[1])
+    # a vessel's rim is grown into through voxels of marrow-like density only (not
+    # through a cortex to the marrow behind); a pool's rim spans every density between it
+    # and the soft tissue
+    dense_blocks = _blocks(dense[box], step, np.any)
+    reach = int(step.max())
+    for band, in_band in ((moderate, blocks[0]), (pool, blocks[1])):
+        is_pool = band is pool
+        rim = dense_blocks if is_pool else None
+        found = _lumen_pieces(mean, in_band, outside, spacing_mm * step, rim=rim)
+        if not found.any():
+            continue
+        # back on the CT's voxels
+        index = np.ix_(
+            *(
+                np.minimum(np.arange(n) // k, m - 1)
+                for n, k, m in zip(band.shape, step, found.shape, strict=True)
+            )
         )
-    )
-    lumen = found[index] & moderate
-    near = bounding_box(lumen, int(step.max()) + 1)
-    lumina[box][near] = ndimage.binary_dilation(
-        lumen[near], iterations=int(step.max()), mask=moderate[near]
-    )
+        lumen = found[index] & band
+        if is_pool:
+            steps = (_POOL_RIM_STEPS + 1) * reach
+            near = bounding_box(lumen, steps + 1)
+            lumina[box][near] |= _pool_with_rim(
+                lumen[near],
+                hu[box][near],
+                dense[box][near],
+                _near_soft(bone[box], near, spacing_mm),
+                steps,
+            )
+        else:
+            near = bounding_box(lumen, reach + 1)
+            lumina[box][near] |= ndimage.binary_dilation(
+                lumen[near], iterations=reach, mask=moderate[near]
+            )
     return lumina
+
+
+def _near_soft(bone: Mask, box: Box, spacing_mm: NDArray[np.float64]) -> Mask:
+    """The voxels of ``box`` within :data:`_POOL_RIM_MM` of a voxel outside ``bone`` (a
+    pool's edge and rim: not a cortex it lies against, which it may be denser than)."""
+    pad = int(np.ceil(_POOL_RIM_MM / float(np.min(spacing_mm)))) + 1
+    grown, inner = grown_box(box, pad, bone.shape)
+    return np.asarray(distance_mm(bone[grown], spacing_mm)[inner] <= _POOL_RIM_MM)
+
+
+def _pool_with_rim(
+    lumen: Mask, hu: NDArray[np.floating], dense: Mask, rim: Mask, iterations: int
+) -> Mask:
+    """``lumen`` (pools of contrast) grown through the rest of each pool and, in ``rim``,
+    its blurred edge (see :func:`_flood`)."""
+    pieces, count = components(lumen)
+    means = np.asarray(ndimage.mean(hu, pieces, np.arange(1, count + 1)), np.float32)
+    level = np.full(lumen.shape, -np.inf, np.float32)
+    level[lumen] = means[pieces[lumen] - 1]
+    return _flood(level, hu, dense, iterations, rim=rim)
+
+
+def _flood(
+    level: NDArray[np.float32],
+    hu: NDArray[np.floating],
+    dense: Mask,
+    iterations: int,
+    *,
+    rim: Mask | None = None,
+) -> Mask:
+    """Pools (where ``level``, their HU, is finite) grown ``iterations`` voxels through
+    the ``dense`` voxels no denser than the pool they are reached from (but for twice
+    :data:`_LUMEN_MAX_SD_HU` of noise): a pool's blurred edge and rim down to the soft
+    tissue, not a denser cortex behind it. Outside ``rim`` (if given) only through the
+    voxels as dense as the pool, within that noise: not a cortex it is denser than."""
+    level = level.copy()
+    noise = np.float32(2 * _LUMEN_MAX_SD_HU)
+    values = np.where(dense, hu, np.inf).astype(np.float32)
+    for _ in range(iterations):
+        reached = ndimage.maximum_filter(level, size=3, mode="constant", cval=-np.inf)
+        grow = (level == -np.inf) & (reached > values - noise)
+        if rim is not None:
+            grow &= rim | (values > reached - noise)
+        if not grow.any():
+            break
+        level[grow] = reached[grow]
+    return np.asarray(level > -np.inf)
+
+
+def _uniform(values: NDArray[np.floating], where: Mask) -> Mask:
+    """The voxels of ``where`` whose 3 x 3 x 3 neighbourhood in ``values`` varies by no
+    more than :data:`_LUMEN_MAX_SD_HU` (standard deviation; the array's edge repeats)."""
+    out = np.zeros_like(where)
+    if not where.any():
+        return out
+    box = bounding_box(where, 1)
+    part = values[box].astype(np.float64)
+    mean = ndimage.uniform_filter(part, 3, mode="nearest")
+    square = ndimage.uniform_filter(part * part, 3, mode="nearest")
+    out[box] = where[box] & (square - mean * mean <= _LUMEN_MAX_SD_HU**2)
+    return out
 
 
 def _blocks(
@@ -169,34 +275,49 @@ def _blocks(
 
 
 def _lumen_pieces(
-    hu: NDArray[np.floating], moderate: Mask, outside: Mask, spacing_mm: NDArray[np.float64]
+    hu: NDArray[np.floating],
+    band: Mask,
+    outside: Mask,
+    spacing_mm: NDArray[np.float64],
+    *,
+    rim: Mask | None = None,
 ) -> Mask:
-    """The thick parts of ``moderate`` that are lumina (see :func:`contrast_lumina`)."""
-    core = distance_mm(moderate, spacing_mm) > _LUMEN_RADIUS_MM
+    """The thick parts of ``band`` that are lumina (see :func:`contrast_lumina`).
+
+    With ``rim`` (the dense voxels), a pool's surface is judged beyond its blurred edge:
+    it is first grown by :data:`_POOL_RIM_STEPS` voxels through them (:func:`_flood`).
+    """
+    core = distance_mm(band, spacing_mm) > _LUMEN_RADIUS_MM
     if not core.any():
         return core
     thick = distance_mm(~core, spacing_mm) <= _LUMEN_RADIUS_MM
     pieces, count = components(thick)
-    owner = pieces[thick]
-    values = hu[thick].astype(np.float64)
-    sizes = np.bincount(owner, minlength=count + 1)
-    mean = np.bincount(owner, weights=values, minlength=count + 1) / np.maximum(sizes, 1)
+    sizes = np.bincount(pieces[thick], minlength=count + 1)
+    # uniform within its core: a piece's edge may take in a denser neighbour of the band
+    owner = pieces[core]
+    values = hu[core].astype(np.float64)
+    counted = np.maximum(np.bincount(owner, minlength=count + 1), 1)
+    mean = np.bincount(owner, weights=values, minlength=count + 1) / counted
     spread = np.bincount(owner, weights=(values - mean[owner]) ** 2, minlength=count + 1)
-    sd = np.sqrt(spread / np.maximum(sizes, 1))
+    sd = np.sqrt(spread / counted)
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
     candidates = (sizes * voxel_ml >= _MIN_PIECE_ML) & (sd <= _LUMEN_MAX_SD_HU)
     candidates[0] = False
     found = np.zeros(count + 1, bool)
+    steps = 0 if rim is None else _POOL_RIM_STEPS
     for label, where in enumerate(ndimage.find_objects(pieces), start=1):
         if where is None or not candidates[label]:
             continue
-        grown = tuple(
-            slice(max(w.start - 1, 0), min(w.stop + 1, n))
-            for w, n in zip(where, pieces.shape, strict=True)
+        around = tuple(
+            slice(max(w.start - 1 - steps, 0), min(w.stop + 1 + steps, size))
+            for w, size in zip(where, pieces.shape, strict=True)
         )
-        piece = pieces[grown] == label
+        piece = pieces[around] == label
+        if rim is not None:
+            level = np.where(piece, np.float32(mean[label]), np.float32(-np.inf))
+            piece = _flood(level, hu[around], rim[around], steps)
         ring = ndimage.binary_dilation(piece) & ~piece
-        found[label] = outside[grown][ring].mean() >= _LUMEN_OUTSIDE_SHARE
+        found[label] = outside[around][ring].mean() >= _LUMEN_OUTSIDE_SHARE
     return found[pieces]
 
 

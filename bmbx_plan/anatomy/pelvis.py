@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 from skimage.segmentation import watershed
 
-from bmbx_plan.anatomy._grid import Box, ball, bounding_box, components
+from bmbx_plan.anatomy._grid import Box, ball, bounding_box, components, grown_box
 from bmbx_plan.distance import distance_mm
 from bmbx_plan.volume import Volume
 
@@ -198,13 +198,8 @@ def _low_density(ct: Volume, box: Box, bone_threshold_hu: float) -> Mask:
     out = ct_hu[box] < bone_threshold_hu
     steps = _valley_steps(ct.spacing_mm)
     # the box grown by the reach across the slabs, clipped to the CT
-    grown = [
-        slice(max(b.start - r, 0), min(b.stop + r, n))
-        for b, r, n in zip(box, steps, ct_hu.shape, strict=True)
-    ]
-    crop = tuple(
-        slice(b.start - g.start, b.stop - g.start) for b, g in zip(box[1:], grown[1:], strict=True)
-    )
+    grown, inner = grown_box(box, steps, ct_hu.shape)
+    crop = inner[1:]
     for start in range(box[0].start, box[0].stop, _VALLEY_SLAB):
         stop = min(start + _VALLEY_SLAB, box[0].stop)
         # the slab and the slices within reach of it

@@ -57,7 +57,8 @@ class PhantomParameters:
     muscle_hu: float = 50.0
     skin_hu: float = 30.0
     blood_hu: float = 45.0  # non-contrast; set near 200 for an arterial phase
-    bladder_hu: float = 8.0
+    bladder_hu: float = 8.0  # near 1000 in an excretory phase
+    bowel_hu: float = 35.0  # the bowel's fluid; 300-1000 with positive oral contrast
     bladder_volume_ml: float = 200.0
     bowel_loops: int = 7
     # CT noise (standard deviation in soft tissue) and blur of the system (FWHM, mm).

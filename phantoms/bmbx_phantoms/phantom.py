@@ -227,6 +227,7 @@ def _assemble(
     _paint(labels, hu, (layer > 0) & (layer <= skin_mm), "skin", params.skin_hu)
     _paint(labels, hu, viscera.cavity, "visceral_fat", params.fat_hu + 10.0)
     _paint(labels, hu, viscera.bowel, "bowel", 35.0)
+    _paint(labels, hu, viscera.bowel_content, "bowel", params.bowel_hu)
     _paint(labels, hu, viscera.bowel_gas, "bowel_gas", -990.0)
     _paint(labels, hu, viscera.bladder, "bladder", params.bladder_hu)
     _paint(labels, hu, viscera.vessels, "iliac_vessels", params.blood_hu)

@@ -29,6 +29,7 @@ class Viscera:
     bowel_gas: Mask
     bladder: Mask
     vessels: Mask
+    bowel_content: Mask  # the fluid in the bowel's lumen (a subset of ``bowel``)
 
 
 def _cavity(
@@ -132,7 +133,6 @@ def build_viscera(
         gas |= inner & ((y - level) * up > 0)
     bowel &= bowel_space
     gas &= bowel
-    del lumen
 
     # Iliac vessels: common iliac from the aortic bifurcation to the front of each SI
     # joint, external iliac along the pelvic brim toward the groin, internal iliac down to
@@ -167,5 +167,10 @@ def build_viscera(
     gas &= bowel
     cavity = cavity & ~(bowel | bladder | vessels)
     return Viscera(
-        cavity=cavity, bowel=bowel & ~gas, bowel_gas=gas, bladder=bladder, vessels=vessels
+        cavity=cavity,
+        bowel=bowel & ~gas,
+        bowel_gas=gas,
+        bladder=bladder,
+        vessels=vessels,
+        bowel_content=bowel & lumen & ~gas,
     )
