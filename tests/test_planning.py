@@ -124,6 +124,38 @@ def test_checking_the_plan_reproduces_its_verdict(
     assert not any("under the skin" in r for r in check.reasons)
 
 
+def test_a_contrast_filled_lumen_on_the_path_is_kept_clear_by_both_methods(
+    phantom_case: tuple[object, Anatomy, Planner], plans: dict[str, object]
+) -> None:
+    # A contrast-filled lumen (radius 4 mm) placed on the plan's soft-tissue path, half
+    # way from the skin to the cortex: the plan as drawn now fails, by both methods, and
+    # the new plan keeps the vessels' margin from it.
+    from bmbx_plan.anatomy import LABELS
+
+    _, anatomy, planner = phantom_case
+    t = plans["right"].trajectory
+    centre = 0.5 * (t.skin_entry_lps_mm + t.cortex_entry_lps_mm)
+    grid = anatomy.labels
+    index = np.indices(grid.shape).reshape(3, -1).T
+    near = np.linalg.norm(grid.index_to_lps(index) - centre, axis=1) < 4.0
+    labels = np.array(grid.array)
+    lumen = np.zeros(grid.shape, bool)
+    lumen[tuple(index[near].T)] = True
+    assert (labels[lumen] == LABELS["body"]).all()
+    labels[lumen] = LABELS["contrast_lumen"]
+    enhanced = Planner(replace(anatomy, labels=grid.with_array(labels)), planner.parameters)
+    check = enhanced.check("right", t.skin_entry_lps_mm, t.core_end_lps_mm, cross_check=True)
+    assert not check.constraint("soft_tissue_path").passed
+    assert check.cross_check is not None
+    assert check.cross_check.agrees, check.cross_check.disagreements
+    plan = enhanced.plan("right")
+    assert plan.feasible
+    margin = enhanced.parameters.margin("vessels")
+    assert plan.metrics.clearances_mm["contrast_lumen"] >= margin
+    assert plan.cross_check is not None
+    assert plan.cross_check.agrees, plan.cross_check.disagreements
+
+
 def test_a_skin_entry_drawn_under_the_skin_is_called_out(
     phantom_case: tuple[object, Anatomy, Planner], plans: dict[str, object]
 ) -> None:

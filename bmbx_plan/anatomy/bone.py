@@ -31,6 +31,7 @@ from bmbx_plan.volume import Volume
 
 __all__ = [
     "DEFAULT_BONE_THRESHOLD_HU",
+    "bone_and_lumina",
     "bounding_box",
     "contrast_lumina",
     "cortical_band",
@@ -99,7 +100,17 @@ def segment_bone(
     body: Mask | None = None,
     bone_threshold_hu: float = DEFAULT_BONE_THRESHOLD_HU,
 ) -> Mask:
-    """Bone (cortex and marrow) of a CT.
+    """Bone (cortex and marrow) of a CT: the first of :func:`bone_and_lumina`."""
+    return bone_and_lumina(ct, body=body, bone_threshold_hu=bone_threshold_hu)[0]
+
+
+def bone_and_lumina(
+    ct: Volume,
+    *,
+    body: Mask | None = None,
+    bone_threshold_hu: float = DEFAULT_BONE_THRESHOLD_HU,
+) -> tuple[Mask, Mask]:
+    """Bone (cortex and marrow) of a CT, and the contrast-filled lumina left out of it.
 
     Parameters
     ----------
@@ -112,25 +123,25 @@ def segment_bone(
 
     Returns
     -------
-    (K, J, I) bool ndarray
-        Contrast-filled vessels that lie against the bone are not part of it
-        (:func:`contrast_lumina`).
+    bone, lumina : (K, J, I) bool ndarrays
+        Contrast-filled vessels, bowel and bladder (:func:`contrast_lumina`) are no bone;
+        ``lumina`` holds them (empty on an unenhanced CT).
     """
     hu = np.asarray(ct.array)
     dense = hu >= bone_threshold_hu
     if body is not None:
         dense &= body
-    if not dense.any():
-        return dense
-    bone = _fill_shell(dense, ct)
     lumina = np.zeros_like(dense)
+    if not dense.any():
+        return dense, lumina
+    bone = _fill_shell(dense, ct)
     for _ in range(_LUMEN_PASSES):
         found = contrast_lumina(hu, dense & ~lumina, bone, ct.spacing_mm)
         if not found.any():
             break
         lumina |= found
         bone = _fill_shell(dense & ~lumina, ct)
-    return bone
+    return bone, lumina & ~bone
 
 
 def contrast_lumina(

@@ -22,9 +22,9 @@ from bmbx_plan.anatomy._grid import (
 from bmbx_plan.anatomy.body import BodyMask, segment_body
 from bmbx_plan.anatomy.bone import (
     DEFAULT_BONE_THRESHOLD_HU,
+    bone_and_lumina,
     cortical_band,
     partial_volume_rim,
-    segment_bone,
 )
 from bmbx_plan.anatomy.external import ExternalMasks, load_external_masks
 from bmbx_plan.anatomy.landmarks import ShapeFit, fit_shape_model, pelvis_landmarks
@@ -63,6 +63,8 @@ LABELS: dict[str, int] = {
     "sciatic_notch_left": 12,
     "sciatic_notch_right": 13,
     "spinal_canal": 14,
+    # contrast-filled vessels, bowel and bladder (enhanced lumina: no bone, no path)
+    "contrast_lumen": 15,
 }
 #: Labels a planner treats as one structure: the sacral canal and foramina lie inside
 #: the sacrum and keep the sacrum's margin.
@@ -526,9 +528,9 @@ def _sacral_canal(sacrum: Mask, fit: ShapeFit, ct: Volume, bone_threshold_hu: fl
     return out
 
 
-def _body_labels(ct: Volume, body: BodyMask) -> NDArray[np.uint8]:
-    """Label map with the body, the table and bowel gas (all zero without air around the
-    patient)."""
+def _body_labels(ct: Volume, body: BodyMask, lumina: Mask) -> NDArray[np.uint8]:
+    """Label map with the body, the table, bowel gas and the contrast-filled ``lumina``
+    (all zero without air around the patient)."""
     labels = np.zeros(ct.shape, np.uint8)
     if body.has_air:
         np.copyto(labels, np.uint8(LABELS["body"]), where=body.body)
@@ -536,6 +538,7 @@ def _body_labels(ct: Volume, body: BodyMask) -> NDArray[np.uint8]:
         gas = np.asarray(ct.array) < -500.0
         gas &= body.body
         np.copyto(labels, np.uint8(LABELS["bowel_gas"]), where=gas)
+        np.copyto(labels, np.uint8(LABELS["contrast_lumen"]), where=lumina & body.body)
     return labels
 
 
@@ -663,7 +666,7 @@ def _segment(
     body = segment_body(ct)
     notes.extend(body.notes)
     say("bone")
-    bone = segment_bone(
+    bone, lumina = bone_and_lumina(
         ct, body=body.body if body.has_air else None, bone_threshold_hu=bone_threshold_hu
     )
     if not bone.any():
@@ -701,7 +704,8 @@ def _segment(
     # the cortex (array work that releases the GIL) is found while the labels are drawn
     with ThreadPoolExecutor(max_workers=1) as worker:
         cortex_job = worker.submit(cortical_band, hips, ct)
-        labels = _body_labels(ct, body)
+        labels = _body_labels(ct, body, lumina)
+        del lumina
         _mark_joints_and_notches(labels, split, landmarks, ct)
         cortex = cortex_job.result() & hips
     del hips

@@ -44,13 +44,13 @@ What is compared
 ----------------
 The label masks are meshed as they are, the way the planner's maps see them; the
 needle's path may not cross any labelled structure but the body and the target ilium
-(nor leave the body), keeps each structure's margin (the SI joint's, the bone's or the
-bowel's; imported risk structures their own), and the SI joint includes the auricular
-surfaces of the fitted pelvis (:attr:`Anatomy.shape_fit`), as in the planner. A
-segmentation that leaves soft-tissue pockets inside a hip bone gives both methods
-internal surfaces to measure the core's clearance to; ``side_scene(...,
-fill_cavities=True)`` meshes the bones without them (the clearance to the outer
-boundary only).
+(nor leave the body), keeps each structure's margin (the SI joint's, the bone's, the
+bowel's or, for contrast-filled lumina, the vessels'; imported risk structures their
+own), and the SI joint includes the auricular surfaces of the fitted pelvis
+(:attr:`Anatomy.shape_fit`), as in the planner. A segmentation that leaves soft-tissue
+pockets inside a hip bone gives both methods internal surfaces to measure the core's
+clearance to; ``side_scene(..., fill_cavities=True)`` meshes the bones without them (the
+clearance to the outer boundary only).
 """
 
 from __future__ import annotations
@@ -449,6 +449,8 @@ def _margin_of(name: str) -> str | None:
         return None  # the keep-out region is itself the margin
     if name == "bowel_gas":
         return "bowel"
+    if name == "contrast_lumen":
+        return "vessels"
     return "bone"
 
 

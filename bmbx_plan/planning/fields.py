@@ -369,6 +369,7 @@ def side_fields(anatomy: Anatomy, side: Side | str, parameters: PlanningParamete
         "femur": lab == LABELS[f"femur_{s}"],
         f"ilium_{o}": lab == LABELS[f"ilium_{o}"],
         "bowel_gas": lab == LABELS["bowel_gas"],
+        "contrast_lumen": lab == LABELS["contrast_lumen"],
     }
     # The segmented joint is only the visible cleft; the fitted pelvis adds both
     # auricular surfaces, where the joint is even when it is narrow or partly fused.
@@ -389,6 +390,7 @@ def side_fields(anatomy: Anatomy, side: Side | str, parameters: PlanningParamete
         "femur": "bone",
         f"ilium_{o}": "bone",
         "bowel_gas": "bowel",
+        "contrast_lumen": "vessels",  # an enhanced vessel, or bowel or bladder: 5 mm all
         "vessels": "vessels",
         "bowel": "bowel",
         "bladder": "bladder",

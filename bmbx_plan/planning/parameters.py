@@ -133,7 +133,7 @@ DEFAULT_MARGINS_MM: dict[str, float] = {
     "cortex": 2.0,  # core to both cortical tables
     "sciatic_notch": 10.0,  # core to the apex of the greater sciatic notch
     "si_joint": 5.0,  # whole needle to the SI joint and the sacrum
-    "vessels": 5.0,  # imported masks: iliac arteries and veins
+    "vessels": 5.0,  # contrast-filled lumina on CT, imported iliac arteries and veins
     "bowel": 5.0,  # bowel gas on CT, imported bowel masks
     "bladder": 5.0,
     "bone": 1.0,  # any other bone on the way to the ilium (spine, femur, other hip)
