@@ -307,6 +307,7 @@ def test_with_oral_contrast_and_an_excretory_bladder_the_bones_are_found() -> No
     bones = anatomy.mask("sacrum") | anatomy.ilium("left") | anatomy.ilium("right")
     assert (bones & contrast).sum() < 0.01 * contrast.sum()
     _assert_lumina_labelled(anatomy, contrast, 0.97)
+    assert any("contrast_lumen" in note for note in anatomy.notes), anatomy.notes
     for found, truth in (
         (anatomy.mask("sacrum"), labels == TRUTH_LABELS["sacrum"]),
         (anatomy.ilium("left"), np.isin(labels, ilium_labels("left"))),

@@ -133,6 +133,9 @@ def test_a_contrast_filled_lumen_on_the_path_is_kept_clear_by_both_methods(
     from bmbx_plan.anatomy import LABELS
 
     _, anatomy, planner = phantom_case
+    # the unenhanced phantom has none, and its notes say nothing of one
+    assert not (np.asarray(anatomy.labels.array) == LABELS["contrast_lumen"]).any()
+    assert not any("contrast_lumen" in note for note in anatomy.notes)
     t = plans["right"].trajectory
     centre = 0.5 * (t.skin_entry_lps_mm + t.cortex_entry_lps_mm)
     grid = anatomy.labels

@@ -673,6 +673,12 @@ def _segment(
         raise NoPelvisError(
             source, f"no bone found (nothing above {bone_threshold_hu:.0f} HU forms bone); {span}"
         )
+    lumina_ml = float(np.count_nonzero(lumina)) * ct.voxel_volume_mm3 / 1000.0
+    if lumina_ml > 1.0:
+        notes.append(
+            f"found {lumina_ml:.0f} mL of contrast-filled vessels, bowel or bladder: "
+            "labelled contrast_lumen, a keep-out"
+        )
     say("hip bones and sacrum")
     split, fit, split_notes = _split_bones(
         ct, bone, bone_threshold_hu, say, source, span, shape_model
