@@ -331,3 +331,21 @@ def test_a_thick_slice_averages_the_scene_over_its_thickness() -> None:
         return float(np.mean((hu > 350) & (hu < 650)))
 
     assert partial_volume_share(thick) > 10 * partial_volume_share(thin)  # 0.13 vs 0.002
+
+
+def test_oral_contrast_fills_the_bowel_below_its_gas_and_leaves_its_wall() -> None:
+    plain = make_phantom(seed=3, jitter=False, noise_hu=0.0)
+    enhanced = make_phantom(seed=3, jitter=False, noise_hu=0.0, bowel_hu=600.0)
+    assert np.array_equal(plain.labels.array, enhanced.labels.array)
+    labels = np.asarray(plain.labels.array)
+    bowel = labels == TRUTH_LABELS["bowel"]
+    before, after = np.asarray(plain.ct.array), np.asarray(enhanced.ct.array)
+    changed = after != before
+    # only the bowel and the blur around it change
+    assert not (changed & ~ndimage.binary_dilation(bowel, iterations=3)).any()
+    # the fluid takes the contrast; the wall, 3 mm, stays soft tissue
+    assert np.median(after[bowel]) > 500.0
+    assert (bowel & (after < 100)).sum() > 0.1 * bowel.sum()
+    # the gas stays gas
+    gas = labels == TRUTH_LABELS["bowel_gas"]
+    assert np.median(after[gas]) < -900.0
