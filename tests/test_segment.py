@@ -761,3 +761,44 @@ def test_thin_oblique_cortex_connected_only_across_edges_is_kept() -> None:
     # each below the smallest piece of bone kept
     bone = segment_bone(ct)
     assert bone[plate].all()
+
+
+def test_bone_touching_one_bone_by_an_edge_or_a_corner_joins_it() -> None:
+    from bmbx_plan.anatomy.pelvis import PelvisBones
+    from bmbx_plan.anatomy.segment import _with_loose_bone
+
+    shape = (12, 12, 20)
+    empty = np.zeros(shape, bool)
+    hip, sacrum = empty.copy(), empty.copy()
+    hip[2:8, 2:8, 2:8] = True
+    sacrum[2:8, 2:8, 12:18] = True
+    bone = hip | sacrum
+    spike = empty.copy()  # meets the hip bone at an edge only, then runs on
+    spike[8, 8, 4:7] = True
+    spike[9, 9, 4:7] = True
+    corner = empty.copy()  # meets the sacrum at a corner only
+    corner[8, 8, 18] = True
+    bridge = empty.copy()  # a rod between the two, touching both by faces
+    bridge[4, 4, 8:12] = True
+    apart = empty.copy()  # touches nothing
+    apart[10:12, 0:2, 9:11] = True
+    bone |= spike | corner | bridge | apart
+    split = PelvisBones(hip, empty, sacrum, empty, empty, empty, 0.0, ())
+    out = _with_loose_bone(split, bone)
+    assert np.array_equal(out.ilium_left, hip | spike | (bridge & (np.indices(shape)[2] < 10)))
+    assert np.array_equal(out.sacrum, sacrum | corner | (bridge & (np.indices(shape)[2] >= 10)))
+    assert not (out.ilium_left | out.sacrum)[apart].any()
+    assert not out.ilium_right.any()
+
+
+def test_a_thinned_posterior_spine_stays_in_its_hip_bone() -> None:
+    # Cohort phantom 1065 (thin_wing_left, HFS): the thinned left wing's posterior spine
+    # meets the rest of the bone only along voxel edges on the 2 x 2 x 2.5 mm grid. It was
+    # left out of the hip bone, and the PSIS, snapped onto the nearest hip voxel, landed
+    # 5.4 mm from the truth (the fitted model's vertex was 4.8 mm off).
+    ph = make_phantom(seed=1065, position="HFS", preset="thin_wing_left")
+    anatomy = segment_pelvis(ph.ct)
+    truth = np.asarray(ph.truth["landmarks"]["psis_left"])
+    tip = tuple(np.rint(ph.ct.lps_to_index(truth[None])[0]).astype(int))
+    assert anatomy.ilium("left")[tip]
+    assert np.linalg.norm(anatomy.landmarks_lps_mm["psis_left"] - truth) < 5.0

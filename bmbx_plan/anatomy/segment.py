@@ -16,6 +16,7 @@ from bmbx_plan.anatomy._grid import (
     WorkGrid,
     ball_around,
     bounding_box,
+    components,
     enclosed,
     to_full_resolution,
 )
@@ -479,6 +480,41 @@ def _split_bones(
     return split, replace(fit, grid=ct), notes
 
 
+def _with_loose_bone(split: PelvisBones, bone: Mask) -> PelvisBones:
+    """Give the voxels of ``bone`` that the separation left out to the bone they touch.
+
+    The separation connects voxels through their faces (a joint cleft one voxel wide
+    must part two bones), so bone that meets the rest only along an edge or at a corner,
+    such as a thin posterior iliac spine on a coarse grid, is left out. Each piece of
+    such voxels (touching by a face, an edge or a corner) that touches one bone joins
+    it; one that touches several is shared out voxel by voxel to the nearest.
+    """
+    labels = np.zeros(bone.shape, np.uint8)
+    for n, name in enumerate(_BONES, start=1):
+        np.copyto(labels, np.uint8(n), where=getattr(split, name))
+    loose = bone & (labels == 0)
+    if not loose.any():
+        return split
+    box = bounding_box(loose, 2)
+    sub, near = labels[box], loose[box]
+    pieces, count = components(near, corners=True)
+    # the labels each piece touches: the pieces grown by one voxel, over the labelled bone
+    grown = ndimage.grey_dilation(pieces, size=3) * (sub > 0)
+    pairs = np.unique(np.stack([grown[grown > 0], sub[grown > 0]]), axis=1)
+    touches = np.bincount(pairs[0], minlength=count + 1)
+    owner = np.zeros(count + 1, np.uint8)
+    owner[pairs[0]] = pairs[1]  # the one bone a piece touches (when it touches one)
+    nearest = ndimage.distance_transform_edt(sub == 0, return_distances=False, return_indices=True)
+    claimed = np.where(touches[pieces] == 1, owner[pieces], sub[tuple(nearest)])
+    claimed[(pieces == 0) | (touches[pieces] == 0)] = 0
+    out = {}
+    for n, name in enumerate(_BONES, start=1):
+        mask = getattr(split, name).copy()
+        mask[box] |= claimed == n
+        out[name] = mask
+    return replace(split, **out)
+
+
 def _without_cavities(split: PelvisBones) -> PelvisBones:
     """Fill the pockets each hip bone and the sacrum enclose.
 
@@ -683,6 +719,7 @@ def _segment(
     split, fit, split_notes = _split_bones(
         ct, bone, bone_threshold_hu, say, source, span, shape_model
     )
+    split = _with_loose_bone(split, bone)
     del bone
     notes.extend(split_notes)
     parts = {
