@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from skimage.segmentation import watershed
 
 from bmbx_plan.anatomy._grid import (
     WorkGrid,
     ball_around,
     bounding_box,
-    components,
     enclosed,
     to_full_resolution,
 )
@@ -487,30 +488,49 @@ def _with_loose_bone(split: PelvisBones, bone: Mask) -> PelvisBones:
     must part two bones), so bone that meets the rest only along an edge or at a corner,
     such as a thin posterior iliac spine on a coarse grid, is left out. Each piece of
     such voxels (touching by a face, an edge or a corner) that touches one bone joins
-    it; one that touches several is shared out voxel by voxel to the nearest.
+    it; one that touches several is shared out voxel by voxel to the nearest. The loose
+    voxels are few, so they are handled as a list with their 26 neighbours.
     """
     labels = np.zeros(bone.shape, np.uint8)
     for n, name in enumerate(_BONES, start=1):
         np.copyto(labels, np.uint8(n), where=getattr(split, name))
-    loose = bone & (labels == 0)
-    if not loose.any():
+    at = np.flatnonzero(bone & (labels == 0))
+    if at.size == 0:
         return split
-    box = bounding_box(loose, 2)
-    sub, near = labels[box], loose[box]
-    pieces, count = components(near, corners=True)
-    # the labels each piece touches: the pieces grown by one voxel, over the labelled bone
-    grown = ndimage.grey_dilation(pieces, size=3) * (sub > 0)
-    pairs = np.unique(np.stack([grown[grown > 0], sub[grown > 0]]), axis=1)
-    touches = np.bincount(pairs[0], minlength=count + 1)
-    owner = np.zeros(count + 1, np.uint8)
-    owner[pairs[0]] = pairs[1]  # the one bone a piece touches (when it touches one)
-    nearest = ndimage.distance_transform_edt(sub == 0, return_distances=False, return_indices=True)
-    claimed = np.where(touches[pieces] == 1, owner[pieces], sub[tuple(nearest)])
-    claimed[(pieces == 0) | (touches[pieces] == 0)] = 0
+    shape = np.array(bone.shape)
+    steps = np.array([s for s in np.ndindex(3, 3, 3) if s != (1, 1, 1)]) - 1
+    near = np.stack(np.unravel_index(at, bone.shape), axis=1)[:, None, :] + steps
+    valid = np.all((near >= 0) & (near < shape), axis=2)
+    flat = np.ravel_multi_index(tuple(np.clip(near, 0, shape - 1).transpose(2, 0, 1)), bone.shape)
+    touched = np.where(valid, labels.reshape(-1)[flat], np.uint8(0))
+    # the pieces: loose voxels connected through any of their 26 neighbours
+    position = np.minimum(np.searchsorted(at, flat), at.size - 1)
+    linked = valid & (at[position] == flat)
+    rows = np.broadcast_to(np.arange(at.size)[:, None], linked.shape)[linked]
+    graph = coo_matrix((np.ones(rows.size, np.int8), (rows, position[linked])), (at.size,) * 2)
+    count, piece = connected_components(graph, directed=False)
+    highest = np.zeros(count, np.uint8)
+    np.maximum.at(highest, piece, touched.max(axis=1))
+    lowest = np.full(count, 255, np.uint8)
+    np.minimum.at(lowest, piece, np.where(touched > 0, touched, np.uint8(255)).min(axis=1))
+    claimed = np.where(highest[piece] == lowest[piece], highest[piece], np.uint8(0))
+    shared = (highest[piece] > 0) & (highest[piece] != lowest[piece])
+    if shared.any():
+        # each voxel of a piece touching several bones goes to the nearest
+        where = np.zeros(bone.shape, bool)
+        where.reshape(-1)[at[shared]] = True
+        box = bounding_box(where, 2)
+        nearest = ndimage.distance_transform_edt(
+            labels[box] == 0, return_distances=False, return_indices=True
+        )
+        closest = labels[box][tuple(nearest)]
+        corner = np.array([b.start for b in box])
+        inside = np.stack(np.unravel_index(at[shared], bone.shape), axis=1) - corner
+        claimed[shared] = closest[tuple(inside.T)]
     out = {}
     for n, name in enumerate(_BONES, start=1):
         mask = getattr(split, name).copy()
-        mask[box] |= claimed == n
+        mask.reshape(-1)[at[claimed == n]] = True
         out[name] = mask
     return replace(split, **out)
 
@@ -564,9 +584,9 @@ def _sacral_canal(sacrum: Mask, fit: ShapeFit, ct: Volume, bone_threshold_hu: fl
     return out
 
 
-def _body_labels(ct: Volume, body: BodyMask, lumina: Mask) -> NDArray[np.uint8]:
-    """Label map with the body, the table, bowel gas and the contrast-filled ``lumina``
-    (all zero without air around the patient)."""
+def _body_labels(ct: Volume, body: BodyMask, lumina_at: NDArray[np.intp]) -> NDArray[np.uint8]:
+    """Label map with the body, the table, bowel gas and the contrast-filled lumina (flat
+    indices ``lumina_at``; all zero without air around the patient)."""
     labels = np.zeros(ct.shape, np.uint8)
     if body.has_air:
         np.copyto(labels, np.uint8(LABELS["body"]), where=body.body)
@@ -574,7 +594,8 @@ def _body_labels(ct: Volume, body: BodyMask, lumina: Mask) -> NDArray[np.uint8]:
         gas = np.asarray(ct.array) < -500.0
         gas &= body.body
         np.copyto(labels, np.uint8(LABELS["bowel_gas"]), where=gas)
-        np.copyto(labels, np.uint8(LABELS["contrast_lumen"]), where=lumina & body.body)
+        inside = lumina_at[body.body.reshape(-1)[lumina_at]]
+        labels.reshape(-1)[inside] = LABELS["contrast_lumen"]
     return labels
 
 
@@ -709,7 +730,10 @@ def _segment(
         raise NoPelvisError(
             source, f"no bone found (nothing above {bone_threshold_hu:.0f} HU forms bone); {span}"
         )
-    lumina_ml = float(np.count_nonzero(lumina)) * ct.voxel_volume_mm3 / 1000.0
+    # kept as a list of voxels through the separation: there are few, if any
+    lumina_at = np.flatnonzero(lumina)
+    del lumina
+    lumina_ml = float(lumina_at.size) * ct.voxel_volume_mm3 / 1000.0
     if lumina_ml > 1.0:
         notes.append(
             f"found {lumina_ml:.0f} mL of contrast-filled vessels, bowel or bladder: "
@@ -747,8 +771,7 @@ def _segment(
     # the cortex (array work that releases the GIL) is found while the labels are drawn
     with ThreadPoolExecutor(max_workers=1) as worker:
         cortex_job = worker.submit(cortical_band, hips, ct)
-        labels = _body_labels(ct, body, lumina)
-        del lumina
+        labels = _body_labels(ct, body, lumina_at)
         _mark_joints_and_notches(labels, split, landmarks, ct)
         cortex = cortex_job.result() & hips
     del hips
