@@ -180,9 +180,7 @@ def contrast_lumina(
     # and the soft tissue
     dense_blocks = _blocks(dense[box], step, np.any)
     reach = int(step.max())
-    for band, in_band in ((moderate, blocks[0]), (pool, blocks[1])):
-        is_pool = band is pool
-        rim = dense_blocks if is_pool else None
+    for band, in_band, rim in ((moderate, blocks[0], None), (pool, blocks[1], dense_blocks)):
         found = _lumen_pieces(mean, in_band, outside, spacing_mm * step, rim=rim)
         if not found.any():
             continue
@@ -194,7 +192,7 @@ def contrast_lumina(
             )
         )
         lumen = found[index] & band
-        if is_pool:
+        if rim is not None:  # a pool
             steps = (_POOL_RIM_STEPS + 1) * reach
             near = bounding_box(lumen, steps + 1)
             lumina[box][near] |= _pool_with_rim(
@@ -319,10 +317,7 @@ def _lumen_pieces(
     for label, where in enumerate(ndimage.find_objects(pieces), start=1):
         if where is None or not candidates[label]:
             continue
-        around = tuple(
-            slice(max(w.start - 1 - steps, 0), min(w.stop + 1 + steps, size))
-            for w, size in zip(where, pieces.shape, strict=True)
-        )
+        around, _ = grown_box(where, 1 + steps, pieces.shape)
         piece = pieces[around] == label
         if rim is not None:
             level = np.where(piece, np.float32(mean[label]), np.float32(-np.inf))

@@ -433,7 +433,8 @@ def _split_bones(
 
     The separation passes (watershed, fit, second passes against the fit) run on the
     working grid of about 1.5 mm; the result is carried back to the CT's voxels, where the
-    cuts between bones are re-drawn at full resolution.
+    cuts between bones are re-drawn at full resolution, and bone they left out joins the
+    bone it touches (:func:`_with_loose_bone`).
     """
     work = WorkGrid.of(ct)
     low = low_density_bone(bone, ct, bone_threshold_hu=bone_threshold_hu)
@@ -478,7 +479,7 @@ def _split_bones(
     split = _bones_on_grid(labels, split)
     del labels
     split = _complete_sacrum(split, voxelize(fit.meshes[2], ct), ct)
-    return split, replace(fit, grid=ct), notes
+    return _with_loose_bone(split, bone), replace(fit, grid=ct), notes
 
 
 def _with_loose_bone(split: PelvisBones, bone: Mask) -> PelvisBones:
@@ -491,9 +492,7 @@ def _with_loose_bone(split: PelvisBones, bone: Mask) -> PelvisBones:
     it; one that touches several is shared out voxel by voxel to the nearest. The loose
     voxels are few, so they are handled as a list with their 26 neighbours.
     """
-    labels = np.zeros(bone.shape, np.uint8)
-    for n, name in enumerate(_BONES, start=1):
-        np.copyto(labels, np.uint8(n), where=getattr(split, name))
+    labels = _label_map(split)
     at = np.flatnonzero(bone & (labels == 0))
     if at.size == 0:
         return split
@@ -527,12 +526,8 @@ def _with_loose_bone(split: PelvisBones, bone: Mask) -> PelvisBones:
         corner = np.array([b.start for b in box])
         inside = np.stack(np.unravel_index(at[shared], bone.shape), axis=1) - corner
         claimed[shared] = closest[tuple(inside.T)]
-    out = {}
-    for n, name in enumerate(_BONES, start=1):
-        mask = getattr(split, name).copy()
-        mask.reshape(-1)[at[claimed == n]] = True
-        out[name] = mask
-    return replace(split, **out)
+    labels.reshape(-1)[at] = claimed
+    return _bones_on_grid(labels, split)
 
 
 def _without_cavities(split: PelvisBones) -> PelvisBones:
@@ -743,7 +738,6 @@ def _segment(
     split, fit, split_notes = _split_bones(
         ct, bone, bone_threshold_hu, say, source, span, shape_model
     )
-    split = _with_loose_bone(split, bone)
     del bone
     notes.extend(split_notes)
     parts = {
